@@ -1,0 +1,170 @@
+"""The bundle index (``hydra-bundle.json``): what the bundle holds, signed as canonical JSON.
+
+It lists every tar member after the signature with its digest and size, so a reader can refuse anything
+unexpected while streaming, and every component with the blobs it needs, so tools can diff and inventory
+bundles without unpacking them.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..digest import canonical_json
+from ..errors import VerifyError
+from . import BLOB_PREFIX, FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME
+
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+MAX_INDEX_BYTES = 64 << 20  # an index larger than this is refused before it is read
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Blob(_Model):
+    digest: str
+    size: int = Field(ge=0)
+    mediaType: str
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not _DIGEST.match(v):
+            raise ValueError("digest must be sha256:<64 hex>")
+        return v
+
+    @property
+    def member(self) -> str:
+        return BLOB_PREFIX + self.digest.split(":", 1)[1]
+
+
+class Member(_Model):
+    """A non-blob layout member (``oci-layout``, ``index.json``)."""
+
+    digest: str
+    size: int = Field(ge=0)
+
+
+class Component(_Model):
+    """Common fields: ``ref`` is the ``org.opencontainers.image.ref.name`` in the layout's index.json."""
+
+    ref: str
+    digest: str          # digest of the top-level manifest (or image index)
+    mediaType: str
+    blobs: list[str]     # every blob digest this component needs, manifest included
+
+
+class Image(Component):
+    platforms: list[str] = []
+    source: str | None = None  # where it was pulled from when a mirror or docker-daemon was used
+
+
+class Chart(Component):
+    name: str
+    version: str
+    source: str              # oci://… or the classic repo URL
+    chartDigest: str         # sha256 of the chart .tgz
+
+
+class FileRef(_Model):
+    path: str
+    digest: str
+    size: int
+
+
+class File(Component):
+    name: str
+    source: str
+    file: FileRef
+
+
+class Manifests(File):
+    pass
+
+
+class Model(Component):
+    name: str
+    source: str
+    files: list[FileRef]
+
+
+class Components(_Model):
+    images: list[Image] = []
+    charts: list[Chart] = []
+    manifests: list[Manifests] = []
+    files: list[File] = []
+    models: list[Model] = []
+
+    def all(self) -> list[Component]:
+        return [*self.images, *self.charts, *self.manifests, *self.files, *self.models]
+
+
+class BundleIndex(_Model):
+    format: Literal["hydra-bundle/v1"] = FORMAT
+    name: str
+    version: str
+    sequence: int = Field(ge=0)
+    created: str
+    expires: str | None = None
+    builder: str
+    specDigest: str
+    platforms: list[str]
+    components: Components
+    layout: dict[str, Member]  # oci-layout and index.json
+    blobs: list[Blob]          # in tar order
+    spec: dict[str, Any] = {}  # the normalized spec (deploy steps, values) for the agent
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json", exclude_none=True))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BundleIndex:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise VerifyError("bad-index", f"index {loc}: {first['msg']}") from None
+
+    def expected_members(self) -> dict[str, tuple[str, int]]:
+        """Every tar member after the signature: name → (digest, size)."""
+        out = {name: (m.digest, m.size) for name, m in self.layout.items()}
+        for b in self.blobs:
+            out[b.member] = (b.digest, b.size)
+        return out
+
+    def validate_self(self) -> None:
+        """Structural checks beyond the schema (unique blobs, layout members present, components covered)."""
+        if set(self.layout) != {LAYOUT_NAME, LAYOUT_INDEX_NAME}:
+            raise VerifyError("bad-index", f"layout must list exactly {LAYOUT_NAME} and {LAYOUT_INDEX_NAME}")
+        seen: set[str] = set()
+        for b in self.blobs:
+            if b.digest in seen:
+                raise VerifyError("bad-index", f"blob {b.digest} listed twice")
+            seen.add(b.digest)
+        for c in self.components.all():
+            missing = [d for d in c.blobs if d not in seen]
+            if missing:
+                raise VerifyError("bad-index", f"{c.ref} needs blob {missing[0]} that the index does not list")
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if not self.expires:
+            return False
+        return parse_time(self.expires) <= (now or datetime.now(UTC))
+
+    @property
+    def total_size(self) -> int:
+        return sum(b.size for b in self.blobs) + sum(m.size for m in self.layout.values())
+
+
+def parse_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def format_time(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,136 @@
+"""Open a bundle verify-first: the signature is checked before any other member is looked at, then every
+member is checked against the signed index while it streams (name, size, digest, no extras, none missing).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..errors import VerifyError
+from . import INDEX_NAME, SIG_NAME
+from .index import MAX_INDEX_BYTES, BundleIndex
+from .sign import key_id, verify
+from .tario import Entry, TarReader
+
+MAX_SIG_BYTES = 4096
+
+
+@dataclass
+class BlobMember:
+    """A member the index expects; ``read_into`` streams it and checks its digest."""
+
+    entry: Entry
+    digest: str
+    size: int
+    reader: TarReader
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def read_into(self, sink: Callable[[memoryview], object] | None,
+                  progress: Callable[[int], None] | None = None) -> None:
+        got = self.reader.read_into(self.entry, sink, progress)
+        if got != self.digest:
+            raise VerifyError("digest-mismatch", f"{self.name}: expected {self.digest}, got {got}")
+
+
+@dataclass
+class OpenBundle:
+    path: Path
+    index: BundleIndex
+    index_bytes: bytes
+    signature: bytes | None
+    signer: str | None               # key id of the trusted key that signed it
+    reader: TarReader
+    _file: BinaryIO
+    _expected: dict[str, tuple[str, int]] = field(default_factory=dict)
+    _done: set[str] = field(default_factory=set)
+    _pending: Entry | None = None  # first layout member of an unsigned bundle, already read from the tar
+
+    def members(self) -> Iterator[BlobMember]:
+        """Yield each remaining member; refuses unknown ones and sizes that differ from the index."""
+        entries = iter(self.reader)
+        if self._pending is not None:
+            entries = _chain(self._pending, entries)
+            self._pending = None
+        for e in entries:
+            exp = self._expected.get(e.name)
+            if exp is None:
+                raise VerifyError("unknown-member", f"{e.name} is not listed in the signed index")
+            digest, size = exp
+            if e.size != size:
+                raise VerifyError("size-mismatch", f"{e.name}: index says {size} bytes, tar header says {e.size}")
+            self._done.add(e.name)
+            yield BlobMember(e, digest, size, self.reader)
+
+    def finish(self) -> None:
+        """After all members: every expected member was seen and nothing but padding follows."""
+        missing = sorted(set(self._expected) - self._done)
+        if missing:
+            raise VerifyError("missing-member", f"{len(missing)} member(s) missing, first {missing[0]}")
+        self.reader.check_trailer()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> OpenBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chain(first: Entry, rest: Iterator[Entry]) -> Iterator[Entry]:
+    yield first
+    yield from rest
+
+
+def open_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicKey] | None,
+                require_signature: bool = True) -> OpenBundle:
+    """Read and authenticate the index. With ``keys=None`` and ``require_signature=False`` the signature is
+    not checked (``inspect``); nothing else may do that."""
+    p = Path(path)
+    f = open(p, "rb")  # noqa: SIM115 - owned by the returned OpenBundle
+    try:
+        reader = TarReader(f)
+        it = iter(reader)
+        first = next(it, None)
+        if first is None or first.name != INDEX_NAME:
+            raise VerifyError("bad-layout", f"first member must be {INDEX_NAME}")
+        index_bytes = reader.read_bytes(first, MAX_INDEX_BYTES)
+        second = next(it, None)
+        sig: bytes | None = None
+        signer = None
+        if second is not None and second.name == SIG_NAME:
+            sig = reader.read_bytes(second, MAX_SIG_BYTES)
+        if require_signature:
+            if sig is None:
+                raise VerifyError("unsigned", f"second member must be {SIG_NAME}; unsigned bundles are refused")
+            signer = key_id(verify(keys or [], index_bytes, sig))
+        elif keys and sig is not None:
+            signer = key_id(verify(keys, index_bytes, sig))
+        index = BundleIndex.from_bytes(index_bytes)
+        index.validate_self()
+        pending = second if second is not None and second.name != SIG_NAME else None
+        return OpenBundle(p, index, index_bytes, sig, signer, reader, f, index.expected_members(), _pending=pending)
+    except BaseException:
+        f.close()
+        raise
+
+
+def verify_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicKey] | None,
+                  require_signature: bool = True,
+                  progress: Callable[[int], None] | None = None) -> OpenBundle:
+    """One streaming pass: signature, then every member's size and digest. Returns the (closed) bundle."""
+    with open_bundle(path, keys, require_signature) as ob:
+        for m in ob.members():
+            m.read_into(None, progress)
+        ob.finish()
+    return ob

@@ -1,0 +1,219 @@
+"""Tar writing and strict, verifying tar reading for bundles.
+
+The writer emits deterministic PAX/ustar headers (uid/gid 0, mode 0644, fixed mtime) and copies file
+data with ``copy_file_range``/``sendfile`` where it can, so big blobs never pass through Python.
+The reader takes member headers from :mod:`tarfile` but reads data itself from the file descriptor,
+hashing every byte once while it goes to its destination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..digest import CHUNK
+from ..errors import VerifyError
+
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+
+
+def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode = size, mtime, 0o644
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.type = tarfile.REGTYPE
+    return ti
+
+
+class TarWriter:
+    """Append-only tar stream writer. Tracks ``offset`` so callers can account bytes per output."""
+
+    def __init__(self, out: BinaryIO, mtime: int):
+        self.out = out
+        self.mtime = mtime
+        self.offset = 0
+        self.progress: Callable[[int], None] | None = None
+
+    @staticmethod
+    def header_size(name: str, size: int) -> int:
+        return len(_tarinfo(name, size, 0).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    @staticmethod
+    def member_size(name: str, size: int) -> int:
+        """Bytes a member takes in the archive: header(s) + data padded to a block."""
+        return TarWriter.header_size(name, size) + size + (-size % BLOCK)
+
+    def _write(self, data: bytes) -> None:
+        self.out.write(data)
+        self.offset += len(data)
+
+    def _header(self, name: str, size: int) -> None:
+        self._write(_tarinfo(name, size, self.mtime).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def _pad(self, size: int) -> None:
+        if size % BLOCK:
+            self._write(b"\0" * (BLOCK - size % BLOCK))
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        self._header(name, len(data))
+        self._write(data)
+        self._pad(len(data))
+        if self.progress:
+            self.progress(len(data))
+
+    def add_file(self, name: str, path: str | os.PathLike[str], size: int, offset: int = 0) -> None:
+        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments)."""
+        self._header(name, size)
+        self.out.flush()
+        with open(path, "rb") as src:
+            copy_range(src.fileno(), self.out.fileno(), offset, size, self.progress)
+        self.offset += size
+        self._pad(size)
+
+    def close(self) -> None:
+        """End-of-archive: two zero blocks, padded to a full record like GNU tar and tarfile."""
+        end = self.offset + 2 * BLOCK
+        self._write(b"\0" * (2 * BLOCK + (-end % RECORD)))
+        self.out.flush()
+
+
+def copy_range(src_fd: int, dst_fd: int, offset: int, size: int,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Copy ``size`` bytes from ``src_fd`` at ``offset`` to ``dst_fd``'s current position, in the kernel."""
+    remaining = size
+    pos = offset
+    step = 64 << 20
+    while remaining:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(step, remaining), pos)
+        except OSError:
+            n = 0
+        if n <= 0:
+            try:
+                n = os.sendfile(dst_fd, src_fd, pos, min(step, remaining))
+            except OSError:
+                n = 0
+        if n <= 0:  # fall back to plain reads (e.g. dst is a pipe on an old kernel)
+            data = os.pread(src_fd, min(CHUNK, remaining), pos)
+            if not data:
+                raise OSError(f"source ended {remaining} bytes early")
+            n = os.write(dst_fd, data)
+        pos += n
+        remaining -= n
+        if progress:
+            progress(n)
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class Entry:
+    """A tar member as seen by the reader. ``offset`` is where its data starts in the file."""
+
+    name: str
+    size: int
+    offset: int
+
+
+_ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
+
+
+def check_member_name(name: str) -> None:
+    """Refuse absolute paths, ``..``, empty or odd components, backslashes and NULs."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        raise VerifyError("bad-member", f"unsafe member name {name!r}")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise VerifyError("bad-member", f"unsafe member name {name!r}")
+
+
+class TarReader:
+    """Iterates members of an uncompressed tar file strictly: regular files only, safe names, no duplicates.
+
+    Headers are parsed by :mod:`tarfile` (PAX, GNU, ustar); data is read by :meth:`read_into` straight from
+    the file descriptor. Anything that is not a plain regular file is refused with its kind named.
+    """
+
+    def __init__(self, f: BinaryIO, size: int | None = None):
+        self.f = f
+        self.fd = f.fileno()
+        self.file_size = size if size is not None else os.fstat(self.fd).st_size
+        try:
+            self.tf = tarfile.TarFile(fileobj=f, mode="r")
+        except tarfile.TarError as e:
+            raise VerifyError("not-a-tar", f"not a tar archive ({e})") from None
+        self.seen: set[str] = set()
+        self._end = 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        while True:
+            try:
+                ti = self.tf.next()
+            except tarfile.TarError as e:
+                raise VerifyError("truncated", f"tar structure broken or truncated ({e})") from None
+            if ti is None:
+                break
+            self.tf.members.clear()  # tarfile keeps every member otherwise: memory must not grow
+            name = ti.name
+            check_member_name(name)
+            if ti.type not in _ALLOWED_TYPES:
+                kind = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char device",
+                        tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo", tarfile.DIRTYPE: "directory"}
+                raise VerifyError("bad-member", f"{name}: {kind.get(ti.type, repr(ti.type))} members are not allowed")
+            if ti.sparse is not None:
+                raise VerifyError("bad-member", f"{name}: sparse members are not allowed")
+            if name in self.seen:
+                raise VerifyError("duplicate-member", f"{name} appears twice")
+            self.seen.add(name)
+            if ti.offset_data + ti.size > self.file_size:
+                raise VerifyError("truncated", f"{name}: member data runs past the end of the file")
+            self._end = ti.offset_data + ti.size + (-ti.size % BLOCK)
+            yield Entry(name, ti.size, ti.offset_data)
+
+    def check_trailer(self) -> None:
+        """After the last member only zero padding may follow (no smuggled data)."""
+        pos = self._end
+        while pos < self.file_size:
+            chunk = os.pread(self.fd, min(CHUNK, self.file_size - pos), pos)
+            if not chunk:
+                break
+            if chunk.count(0) != len(chunk):
+                raise VerifyError("trailing-data", f"non-zero data after the end of the archive at byte {pos}")
+            pos += len(chunk)
+        if self.file_size - self._end < 2 * BLOCK:
+            raise VerifyError("truncated", "archive ends without its end-of-archive marker")
+
+    def read_bytes(self, e: Entry, limit: int) -> bytes:
+        if e.size > limit:
+            raise VerifyError("too-large", f"{e.name}: {e.size} bytes exceeds the limit of {limit}")
+        data = os.pread(self.fd, e.size, e.offset)
+        if len(data) != e.size:
+            raise VerifyError("truncated", f"{e.name}: short read")
+        return data
+
+    def read_into(self, e: Entry, sink: Callable[[memoryview], object] | None,
+                  progress: Callable[[int], None] | None = None) -> str:
+        """Stream the member's data to ``sink`` (or nowhere), returning its sha256 digest."""
+        h = hashlib.sha256()
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        pos, remaining = e.offset, e.size
+        while remaining:
+            n = os.preadv(self.fd, [view[: min(CHUNK, remaining)]], pos)
+            if n <= 0:
+                raise VerifyError("truncated", f"{e.name}: file ends inside the member")
+            chunk = view[:n]
+            h.update(chunk)
+            if sink is not None:
+                sink(chunk)
+            pos += n
+            remaining -= n
+            if progress:
+                progress(n)
+        return "sha256:" + h.hexdigest()

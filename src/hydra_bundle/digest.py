@@ -1,0 +1,102 @@
+"""Streaming hashing and copying: every byte is hashed once, on the way through, in bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import DigestMismatch, DiskSpaceError
+
+CHUNK = 1 << 20  # 1 MiB: large enough that hashlib releases the GIL and syscalls stay cheap
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """Digest and size of a file, read in CHUNK pieces."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return "sha256:" + h.hexdigest(), size
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON: sorted keys, no insignificant whitespace, UTF-8. What we sign and digest."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def hex_of(digest: str) -> str:
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64:
+        raise ValueError(f"unsupported digest {digest!r}")
+    return hexpart
+
+
+class HashingWriter:
+    """Writes chunks to a file while hashing them; ``finish`` checks digest and size."""
+
+    def __init__(self, fileobj: BinaryIO, hasher: Any | None = None, size: int = 0):
+        self.f = fileobj
+        self.h = hasher or hashlib.sha256()
+        self.size = size
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self.h.update(chunk)
+        self.f.write(chunk)
+        self.size += len(chunk)
+
+    def write_all(self, chunks: Iterable[bytes]) -> None:
+        for c in chunks:
+            self.write(c)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.h.hexdigest()
+
+    def check(self, what: str, expected_digest: str | None, expected_size: int | None) -> str:
+        if expected_size is not None and self.size != expected_size:
+            raise DigestMismatch(what, f"{expected_size} bytes", f"{self.size} bytes")
+        if expected_digest is not None and self.digest != expected_digest:
+            raise DigestMismatch(what, expected_digest, self.digest)
+        return self.digest
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_free_space(path: str | os.PathLike[str], needed: int, what: str, reserve: int = 64 << 20) -> None:
+    """Refuse a big write up front instead of failing half way (keeps a small reserve)."""
+    p = Path(path)
+    while not p.exists():
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    if needed + reserve > free:
+        raise DiskSpaceError(
+            f"{what}: needs {human_bytes(needed)} but only {human_bytes(free)} free on {p} "
+            f"(keeping {human_bytes(reserve)} in reserve)"
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,1 @@
+"""OCI plumbing: references, media types, the registry client and the on-disk layout."""

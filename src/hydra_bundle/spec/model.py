@@ -1,0 +1,283 @@
+"""Schema of ``bundle-spec.yaml`` (apiVersion ``hydra-bundle/v1``, kind ``BundleSpec``).
+
+Unknown fields are errors (a typo must not silently drop an artifact from an air-gap bundle).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from ..errors import UsageError
+from ..oci.reference import Reference
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
+_HEX = re.compile(r"^[a-f0-9]{64}$")
+_DURATION = re.compile(r"^(\d+)([hdw])$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError("must be a lowercase DNS-style name (a-z, 0-9, '-', '.'; at most 63 characters)")
+    return v
+
+
+def _sha256(v: str | None) -> str | None:
+    if v is None:
+        return None
+    v = v.lower().removeprefix("sha256:")
+    if not _HEX.match(v):
+        raise ValueError("must be 64 hex digits (optionally prefixed with 'sha256:')")
+    return v
+
+
+def _url(v: str) -> str:
+    u = urlparse(v)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return v
+
+
+class Metadata(_Strict):
+    name: str
+    version: str = Field(min_length=1, max_length=128)
+    sequence: int = Field(ge=0, description="integer that only goes up between releases of the same bundle")
+    description: str | None = None
+    expires: str | None = Field(None, description="RFC 3339 time or a duration from build time: 90d, 12w, 36h")
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", v):
+            raise ValueError("letters, digits and . _ + - only")
+        return v
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, v: str | None) -> str | None:
+        if v is None or _DURATION.match(v):
+            return v
+        from datetime import datetime
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be an RFC 3339 time (2027-01-31T00:00:00Z) or a duration (90d, 12w, 36h)") from None
+        return v
+
+
+class ImageSpec(_Strict):
+    ref: str
+    platforms: list[str] | None = Field(None, description="override the bundle's platforms for this image")
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        if v.startswith("docker-daemon:"):
+            Reference.parse(v[len("docker-daemon:"):])
+            return v
+        try:
+            Reference.parse(v)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("platforms")
+    @classmethod
+    def _plats(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if not _PLATFORM.match(p):
+                raise ValueError(f"{p!r} is not os/arch[/variant]")
+        return v
+
+    @property
+    def reference(self) -> Reference:
+        return Reference.parse(self.ref.removeprefix("docker-daemon:"))
+
+
+class ChartSpec(_Strict):
+    name: str
+    version: str = Field(min_length=1)
+    ref: str | None = Field(None, description="oci://registry/path/chart")
+    repo: str | None = Field(None, description="classic Helm repository URL (serves index.yaml)")
+    sha256: str | None = Field(None, description="pin of the chart .tgz")
+    # how the agent installs it (issue 4 extends this)
+    release: str | None = None
+    namespace: str | None = None
+    values: dict[str, Any] = {}
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _s = field_validator("sha256")(classmethod(lambda cls, v: _sha256(v)))
+
+    @field_validator("ref")
+    @classmethod
+    def _oci(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith("oci://"):
+            raise ValueError("must start with oci://")
+        try:
+            r = Reference.parse(v)
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+        if r.tag != "latest" or r.digest:
+            raise ValueError("give the chart version in 'version', not as a tag or digest in 'ref'")
+        return v
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str | None) -> str | None:
+        return None if v is None else _url(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ChartSpec:
+        if (self.ref is None) == (self.repo is None):
+            raise ValueError("give exactly one of 'ref' (oci://…) or 'repo' (https://… classic repository)")
+        return self
+
+    @property
+    def oci_reference(self) -> Reference:
+        assert self.ref
+        r = Reference.parse(self.ref)
+        return Reference(r.registry, r.repository, self.version)
+
+
+class _Sourced(_Strict):
+    name: str
+    url: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _s = field_validator("sha256")(classmethod(lambda cls, v: _sha256(v)))
+    _u = field_validator("url")(classmethod(lambda cls, v: None if v is None else _url(v)))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Sourced:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of 'url' or 'path'")
+        return self
+
+    @property
+    def filename(self) -> str:
+        src = self.url or self.path or ""
+        return Path(urlparse(src).path).name or self.name
+
+
+class ManifestSpec(_Sourced):
+    """Kubernetes YAML applied by the agent (issue 4 adds ordering/deploy options)."""
+
+
+class FileSpec(_Sourced):
+    """An arbitrary file served by the agent at ``/files/<name>/<filename>``."""
+
+    filename_: str | None = Field(None, alias="filename")
+
+    @property
+    def filename(self) -> str:
+        return self.filename_ or super().filename
+
+
+class ModelFileSpec(_Strict):
+    path: str
+    sha256: str | None = None
+    size: int | None = Field(None, ge=0)
+
+    _s = field_validator("sha256")(classmethod(lambda cls, v: _sha256(v)))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        parts = v.split("/")
+        if v.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in v:
+            raise ValueError("must be a relative path inside the model (no '..', no leading '/')")
+        return v
+
+
+class ModelSpec(_Strict):
+    name: str
+    base_url: str | None = Field(None, description="URL prefix; each file is fetched from base_url + path")
+    path: str | None = Field(None, description="local directory holding the files")
+    files: list[ModelFileSpec] = Field(min_length=1)
+
+    _n = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        _url(v)
+        return v if v.endswith("/") else v + "/"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.base_url is None) == (self.path is None):
+            raise ValueError("give exactly one of 'base_url' or 'path'")
+        seen: set[str] = set()
+        for f in self.files:
+            if f.path in seen:
+                raise ValueError(f"file {f.path!r} listed twice")
+            seen.add(f.path)
+        return self
+
+
+class BundleSpec(_Strict):
+    apiVersion: Literal["hydra-bundle/v1"]
+    kind: Literal["BundleSpec"]
+    metadata: Metadata
+    platforms: list[str] = ["linux/amd64"]
+    images: list[ImageSpec] = []
+    charts: list[ChartSpec] = []
+    manifests: list[ManifestSpec] = []
+    files: list[FileSpec] = []
+    models: list[ModelSpec] = []
+    deploy: dict[str, Any] | None = None  # the agent's apply steps (issue 4 gives it a schema)
+
+    _path: Path | None = PrivateAttr(None)
+    _raw: bytes = PrivateAttr(b"")
+
+    @field_validator("platforms")
+    @classmethod
+    def _plats(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one platform")
+        for p in v:
+            if not _PLATFORM.match(p):
+                raise ValueError(f"{p!r} is not os/arch[/variant]")
+        return v
+
+    def cross_checks(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Problems that span items (duplicates), as (location, message) so the loader can name the line."""
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        for section in ("charts", "manifests", "files", "models"):
+            seen: dict[str, int] = {}
+            for i, item in enumerate(getattr(self, section)):
+                if item.name in seen:
+                    out.append(((section, i, "name"), f"name {item.name!r} already used by {section}[{seen[item.name]}]"))
+                seen.setdefault(item.name, i)
+        refs: dict[str, int] = {}
+        for i, img in enumerate(self.images):
+            key = str(img.reference)
+            if key in refs:
+                out.append((("images", i, "ref"), f"{img.ref!r} already listed as images[{refs[key]}]"))
+            refs.setdefault(key, i)
+        return out
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    def local_path(self, p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else self.base_dir / q
