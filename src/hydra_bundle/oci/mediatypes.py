@@ -46,6 +46,6 @@ def model_layer_type(path: str) -> str:
     name = path.rsplit("/", 1)[-1].lower()
     if name.endswith((".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx", ".h5", ".msgpack")):
         return MODEL_WEIGHT
-    if name.endswith((".md", ".txt")) and not name.startswith(("merges", "vocab")) or name in {"license"}:
+    if (name.endswith((".md", ".txt")) and not name.startswith(("merges", "vocab"))) or name in {"license"}:
         return MODEL_DOC
     return MODEL_WEIGHT_CONFIG

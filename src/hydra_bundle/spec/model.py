@@ -264,7 +264,8 @@ class BundleSpec(_Strict):
             seen: dict[str, int] = {}
             for i, item in enumerate(getattr(self, section)):
                 if item.name in seen:
-                    out.append(((section, i, "name"), f"name {item.name!r} already used by {section}[{seen[item.name]}]"))
+                    first = f"{section}[{seen[item.name]}]"
+                    out.append(((section, i, "name"), f"name {item.name!r} already used by {first}"))
                 seen.setdefault(item.name, i)
         refs: dict[str, int] = {}
         for i, img in enumerate(self.images):

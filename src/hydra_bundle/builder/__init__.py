@@ -1,0 +1,1 @@
+"""The connected-side builder: spec → sources → cache → one signed bundle."""

@@ -1,0 +1,272 @@
+"""``hydra-bundle build``: spec → resolve → fetch (parallel, cached, verified) → sign → write."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from .. import __version__
+from ..bundle import FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME
+from ..bundle import index as ix
+from ..bundle.sign import load_private_key, sign
+from ..bundle.writer import write_bundle
+from ..digest import canonical_json, ensure_free_space, sha256_bytes
+from ..errors import SpecError, UsageError
+from ..oci import mediatypes as mt
+from ..oci.client import RegistryClient
+from ..progress import QuietReporter, Reporter
+from ..spec.load import load_yaml_model
+from ..spec.model import BundleSpec
+from .cache import BlobCache
+from .plan import BlobTask, Context, Finished
+from .sources import ChartSource, FileSource, ImageSource, ModelSource, Source
+
+OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+
+
+@dataclass
+class BuildOptions:
+    cache_dir: Path
+    key_path: Path | None = None          # None only with unsigned=True
+    unsigned: bool = False
+    insecure: set[str] = field(default_factory=set)
+    mirrors: dict[str, str] = field(default_factory=dict)
+    platforms: list[str] | None = None    # override spec platforms
+    locked: bool = False
+    lock_path: Path | None = None
+    expires: str | None = None            # override metadata.expires
+    jobs: int = 4
+    verify_tls: bool | str = True
+
+
+@dataclass
+class BuildResult:
+    out: Path | None
+    index: ix.BundleIndex
+    size: int
+    downloaded: int
+    cached: int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        c = self.index.components
+        return {
+            "bundle": str(self.out) if self.out else None, "name": self.index.name,
+            "version": self.index.version, "sequence": self.index.sequence,
+            "size": self.size, "blobs": len(self.index.blobs),
+            "images": len(c.images), "charts": len(c.charts), "manifests": len(c.manifests),
+            "files": len(c.files), "models": len(c.models),
+            "downloadedBytes": self.downloaded, "cachedBytes": self.cached,
+            "seconds": round(self.seconds, 3), "signed": self.index.specDigest != "" and self.out is not None,
+        }
+
+
+def source_date() -> datetime:
+    """SOURCE_DATE_EPOCH (reproducible builds) or now, to the second."""
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            return datetime.fromtimestamp(int(sde), UTC)
+        except ValueError:
+            raise UsageError(f"SOURCE_DATE_EPOCH={sde!r} is not an integer") from None
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def expiry(created: datetime, value: str | None) -> str | None:
+    if not value:
+        return None
+    m = re.match(r"^(\d+)([hdw])$", value)
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        delta = {"h": timedelta(hours=n), "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+        return ix.format_time(created + delta)
+    try:
+        return ix.format_time(ix.parse_time(value))
+    except ValueError:
+        raise UsageError(f"expires {value!r}: expected RFC 3339 time or a duration like 90d") from None
+
+
+def tag_for(version: str) -> str:
+    t = re.sub(r"[^\w.-]", "_", version)[:128]
+    return t if re.match(r"^\w", t) else f"v{t}"
+
+
+def lock_path_for(spec_path: Path) -> Path:
+    stem = spec_path.name.rsplit(".", 1)[0]
+    return spec_path.with_name(f"{stem}.lock.yaml")
+
+
+def load_lock(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--locked: lock file {path} does not exist; run `hydra-bundle lock` first") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict) or data.get("kind") != "BundleLock":
+        raise UsageError(f"{path}: not a hydra-bundle lock file")
+    return data
+
+
+def make_sources(spec: BundleSpec, ctx: Context) -> list[Source]:
+    out: list[Source] = []
+    out += [ImageSource(s, ctx) for s in spec.images]
+    out += [ChartSource(s, ctx) for s in spec.charts]
+    out += [FileSource(s, ctx, "manifests") for s in spec.manifests]
+    out += [FileSource(s, ctx, "files") for s in spec.files]
+    out += [ModelSource(s, ctx) for s in spec.models]
+    return out
+
+
+class Builder:
+    def __init__(self, spec: BundleSpec, opts: BuildOptions, reporter: Reporter | None = None):
+        self.spec = spec
+        self.opts = opts
+        self.rep = reporter or QuietReporter()
+        self.cache = BlobCache(opts.cache_dir)
+        self.downloaded = 0
+        self.cached = 0
+
+    def _context(self, client: RegistryClient, http: httpx.Client) -> Context:
+        locked = None
+        if self.opts.locked:
+            lp = self.opts.lock_path or lock_path_for(self.spec._path or Path("bundle-spec.yaml"))
+            locked = load_lock(lp)
+        return Context(client=client, http=http, cache=self.cache, base_dir=self.spec.base_dir,
+                       platforms=self.opts.platforms or self.spec.platforms,
+                       tag=tag_for(self.spec.metadata.version), locked=locked, log=self.rep.log)
+
+    def resolve_and_fetch(self) -> tuple[Context, list[Finished]]:
+        """Resolve every source, bring every blob into the cache, and finish the components."""
+        client = RegistryClient(self.opts.insecure, self.opts.mirrors, verify_tls=self.opts.verify_tls)
+        http = httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=True,
+                            verify=self.opts.verify_tls, headers={"User-Agent": f"hydra-bundle/{__version__}"})
+        try:
+            ctx = self._context(client, http)
+            sources = make_sources(self.spec, ctx)
+            self.rep.stage("resolve", None)
+            with ThreadPoolExecutor(self.opts.jobs) as pool:
+                task_lists = list(pool.map(lambda s: s.resolve(ctx), sources))
+            tasks = self._dedup([t for ts in task_lists for t in ts])
+            self._fetch(tasks)
+            by_key = {t.key: t for t in tasks}
+            for ts in task_lists:
+                for t in ts:
+                    t.result = by_key[t.key].result
+            finished = [s.finish(ctx) for s in sources]
+            return ctx, finished
+        finally:
+            client.close()
+            http.close()
+
+    @staticmethod
+    def _dedup(tasks: list[BlobTask]) -> list[BlobTask]:
+        seen: dict[str, BlobTask] = {}
+        for t in tasks:
+            seen.setdefault(t.key, t)
+        return list(seen.values())
+
+    def _fetch(self, tasks: list[BlobTask]) -> None:
+        todo = []
+        for t in tasks:
+            if t.digest and self.cache.has(t.digest, t.size):
+                t.result = (t.digest, self.cache.path(t.digest).stat().st_size)
+                self.cached += t.result[1]
+            else:
+                todo.append(t)
+        need = sum(t.size or 0 for t in todo)
+        if need:
+            ensure_free_space(self.cache.root, need, "downloading into the cache")
+        self.rep.stage("download", need or None)
+
+        def run(t: BlobTask) -> None:
+            def progress(n: int) -> None:
+                self.rep.advance(n)
+
+            lock = self.cache.lock(t.key)
+            with lock:
+                t.result = t.fetch(progress)
+            self.downloaded += t.result[1]
+
+        todo.sort(key=lambda t: -(t.size or 0))  # big first: best parallel finish
+        with ThreadPoolExecutor(self.opts.jobs) as pool:
+            futures = [pool.submit(run, t) for t in todo]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception():
+                    for g in futures:
+                        g.cancel()
+                    raise f.exception()  # type: ignore[misc]
+            for f in futures:
+                f.result()
+
+    def compose(self, finished: list[Finished], created: datetime) -> tuple[ix.BundleIndex, dict[str, bytes]]:
+        layout_index = canonical_json({
+            "schemaVersion": 2, "mediaType": mt.OCI_INDEX,
+            "manifests": [f.top.json() for f in finished],
+        })
+        layout = {LAYOUT_NAME: OCI_LAYOUT, LAYOUT_INDEX_NAME: layout_index}
+        types: dict[str, str] = {}
+        for f in finished:
+            for d, t in f.blob_types.items():
+                types.setdefault(d, t)
+        blobs = [ix.Blob(digest=d, size=self.cache.path(d).stat().st_size, mediaType=t) for d, t in types.items()]
+        blobs.sort(key=lambda b: (b.size, b.digest))
+        comps = ix.Components()
+        for f in finished:
+            getattr(comps, f.kind).append(f.component)
+        md = self.spec.metadata
+        index = ix.BundleIndex(
+            format=FORMAT, name=md.name, version=md.version, sequence=md.sequence,
+            created=ix.format_time(created), expires=expiry(created, self.opts.expires or md.expires),
+            builder=f"hydra-bundle {__version__}", specDigest=sha256_bytes(self.spec._raw),
+            platforms=self.opts.platforms or self.spec.platforms, components=comps,
+            layout={k: ix.Member(digest=sha256_bytes(v), size=len(v)) for k, v in layout.items()},
+            blobs=blobs, spec=self.spec.model_dump(mode="json", exclude_none=True, by_alias=True),
+        )
+        index.validate_self()
+        return index, layout
+
+    def build(self, out: Path) -> BuildResult:
+        t0 = time.monotonic()
+        key = None
+        if not self.opts.unsigned:
+            if self.opts.key_path is None:
+                raise UsageError("a signing key is required (--key PREFIX.key), or pass --unsigned explicitly")
+            key = load_private_key(self.opts.key_path)  # fail on a bad key before downloading anything
+        created = source_date()
+        _, finished = self.resolve_and_fetch()
+        index, layout = self.compose(finished, created)
+        index_bytes = index.to_bytes()
+        sig = sign(key, index_bytes) if key is not None else None
+        self.rep.stage("write", index.total_size)
+        size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path, int(created.timestamp()),
+                            self.rep.advance)
+        return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0)
+
+    def lock(self, path: Path) -> dict[str, Any]:
+        ctx, _ = self.resolve_and_fetch()
+        data = {"apiVersion": "hydra-bundle/v1", "kind": "BundleLock",
+                "specDigest": sha256_bytes(self.spec._raw), **{k: ctx.lock_out[k] for k in sorted(ctx.lock_out)}}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("# Written by `hydra-bundle lock`: every tag pinned to a digest, every file to a sha256.\n"
+                       + yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+        return data
+
+
+def load_build_spec(path: Path) -> BundleSpec:
+    from ..spec import load_spec
+
+    return load_spec(path)
+

@@ -1,0 +1,94 @@
+"""Content-addressed blob cache (``~/.cache/hydra-bundle``): a rebuild downloads nothing it already has.
+
+``blobs/sha256/<hex>`` holds verified content only; downloads land in ``<hex>.partial`` beside it and are
+renamed into place after their digest checks out, so a crash never leaves a wrong blob under a digest name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ..digest import CHUNK, hex_of
+from ..errors import DigestMismatch
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hydra-bundle"
+
+
+class BlobCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / hex_of(digest)
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def lock(self, digest: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(digest, threading.Lock())
+
+    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
+        got = "sha256:" + hashlib.sha256(data).hexdigest()
+        if digest and got != digest:
+            raise DigestMismatch("blob", digest, got)
+        p = self.path(got)
+        if not p.exists():
+            tmp = p.with_name(p.name + f".{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, p)
+        return got
+
+    def put_file(self, src: Path, digest: str | None, what: str,
+                 progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+        """Copy a local file in, hashing on the way; checks the pin when given. Returns (digest, size)."""
+        h = hashlib.sha256()
+        tmp = self.tmp / f"local.{os.getpid()}.{threading.get_ident()}"
+        size = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        with open(src, "rb", buffering=0) as f, open(tmp, "wb") as out:
+            while n := f.readinto(buf):
+                h.update(view[:n])
+                out.write(view[:n])
+                size += n
+                if progress:
+                    progress(n)
+            out.flush()
+            os.fsync(out.fileno())
+        got = "sha256:" + h.hexdigest()
+        if digest and got != digest:
+            tmp.unlink()
+            raise DigestMismatch(what, digest, got)
+        os.replace(tmp, self.path(got))
+        return got, size
+
+    def adopt(self, tmp: Path, digest: str) -> None:
+        os.replace(tmp, self.path(digest))
+
+    def prune(self) -> int:
+        n = 0
+        for p in (self.blobs, self.tmp):
+            if p.exists():
+                n += sum(f.stat().st_size for f in p.iterdir() if f.is_file())
+        shutil.rmtree(self.root / "blobs", ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return n

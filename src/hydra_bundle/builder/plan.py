@@ -1,0 +1,69 @@
+"""What a build needs: components resolved to blobs, fetched into the cache, then written as a bundle.
+
+Each source (image, chart, manifest/file, model) resolves in two steps: ``resolve`` fetches small
+metadata (manifests, chart indexes) and returns the blobs still to fetch; ``finish`` runs after all
+blobs are cached and returns the component record and its top-level descriptor (artifact manifests for
+HTTP content are made here, once digests and sizes are known).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..oci.client import RegistryClient
+from .cache import BlobCache
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Context:
+    client: RegistryClient
+    http: httpx.Client
+    cache: BlobCache
+    base_dir: Path
+    platforms: list[str]
+    tag: str                                 # tag used for our own artifacts (bundle version)
+    locked: dict[str, Any] | None = None     # lock entries when building --locked
+    lock_out: dict[str, Any] = field(default_factory=dict)  # what `lock` records
+    log: Callable[[str], None] = lambda _msg: None
+
+
+@dataclass
+class BlobTask:
+    """A blob to bring into the cache. ``key`` dedups tasks (digest when known, else the URL)."""
+
+    key: str
+    digest: str | None
+    size: int | None
+    media_type: str
+    label: str
+    fetch: Callable[[Progress], tuple[str, int]]
+    result: tuple[str, int] | None = None
+
+
+@dataclass
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+
+@dataclass
+class Finished:
+    kind: str                      # images | charts | manifests | files | models
+    component: Any                 # a bundle.index component model
+    top: Descriptor                # goes into the layout's index.json
+    blob_types: dict[str, str]     # digest → media type for every blob of the component

@@ -1,0 +1,1 @@
+"""Thin click commands: parse flags, call a package, print."""

@@ -1,0 +1,174 @@
+"""keygen, build, lock, verify, inspect."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..builder.build import BuildOptions, Builder, lock_path_for
+from ..builder.cache import default_cache_dir
+from ..bundle.reader import open_bundle, verify_bundle
+from ..bundle.sign import keygen, load_public_key
+from ..digest import human_bytes
+from ..errors import UsageError, VerifyError
+from ..oci.client import parse_insecure, parse_mirrors
+from ..spec import load_spec
+from .common import emit_json, handle_errors, reporter
+
+_source_options = [
+    click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST:PORT",
+                 help="Reach this registry over plain HTTP (repeatable)."),
+    click.option("--mirror", "mirrors", multiple=True, metavar="SRC=DST",
+                 help="Pull SRC registry content through DST (host[:port][/prefix]); repeatable."),
+    click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                 help="Content-addressed blob cache [default: ~/.cache/hydra-bundle]."),
+    click.option("--platform", "platforms", multiple=True, metavar="OS/ARCH",
+                 help="Override the spec's platforms (repeatable), e.g. --platform linux/arm64."),
+    click.option("--jobs", "-j", type=click.IntRange(1, 32), default=4, show_default=True,
+                 help="Parallel downloads."),
+    click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+                 help="CA bundle for HTTPS registries and servers."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
+]
+
+
+def source_options(fn):  # type: ignore[no-untyped-def]
+    for opt in reversed(_source_options):
+        fn = opt(fn)
+    return fn
+
+
+def _options(cache_dir: Path | None, insecure: tuple[str, ...], mirrors: tuple[str, ...],
+             platforms: tuple[str, ...], jobs: int, tls_ca: str | None, **kw: object) -> BuildOptions:
+    return BuildOptions(cache_dir=cache_dir or default_cache_dir(), insecure=parse_insecure(insecure),
+                        mirrors=parse_mirrors(mirrors), platforms=list(platforms) or None, jobs=jobs,
+                        verify_tls=tls_ca or True, **kw)  # type: ignore[arg-type]
+
+
+@click.command("keygen")
+@click.argument("prefix", type=click.Path(path_type=Path))
+@handle_errors
+def keygen_cmd(prefix: Path) -> None:
+    """Create an ECDSA P-256 key pair: PREFIX.key (PEM PKCS#8) and PREFIX.pub.
+
+    The private key is encrypted when HYDRA_BUNDLE_KEY_PASSWORD is set."""
+    key, pub = keygen(prefix)
+    click.echo(f"wrote {key} and {pub}")
+
+
+@click.command("build")
+@click.argument("spec", type=click.Path(path_type=Path), default="bundle-spec.yaml")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Bundle file to write.")
+@click.option("--key", "key_path", type=click.Path(path_type=Path), help="Signing key (PREFIX.key).")
+@click.option("--unsigned", is_flag=True, help="Write a bundle without a signature (agents refuse it).")
+@click.option("--locked", is_flag=True, help="Build exactly what the lock file pins; refuse drift.")
+@click.option("--lock-file", type=click.Path(path_type=Path), default=None)
+@click.option("--expires", default=None, help="Expiry: RFC 3339 time or duration (90d); overrides the spec.")
+@source_options
+@handle_errors
+def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, locked: bool, lock_file: Path | None,
+              expires: str | None, quiet: bool, as_json: bool, **src: object) -> None:
+    """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
+    if key_path and unsigned:
+        raise UsageError("--key and --unsigned exclude each other")
+    if not key_path and not unsigned:
+        raise UsageError("a signing key is required: --key PREFIX.key (or --unsigned, explicitly)")
+    s = load_spec(spec)
+    opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
+                    **src)  # type: ignore[arg-type]
+    rep = reporter(quiet, as_json)
+    try:
+        res = Builder(s, opts, rep).build(out)
+    finally:
+        rep.close()
+    if as_json:
+        emit_json(res.summary())
+    elif not quiet:
+        c = res.index.components
+        click.echo(f"wrote {out}: {human_bytes(res.size)}, {len(res.index.blobs)} blobs, {len(c.images)} images, "
+                   f"{len(c.charts)} charts, {len(c.manifests)} manifests, {len(c.files)} files, "
+                   f"{len(c.models)} models ({human_bytes(res.downloaded)} downloaded, "
+                   f"{human_bytes(res.cached)} from cache, {res.seconds:.1f}s)")
+
+
+@click.command("lock")
+@click.argument("spec", type=click.Path(path_type=Path), default="bundle-spec.yaml")
+@click.option("--lock-file", type=click.Path(path_type=Path), default=None,
+              help="Where to write [default: SPEC's name with .lock.yaml].")
+@source_options
+@handle_errors
+def lock_cmd(spec: Path, lock_file: Path | None, quiet: bool, as_json: bool, **src: object) -> None:
+    """Pin every tag to a digest and every file to a sha256 (build --locked then refuses drift)."""
+    s = load_spec(spec)
+    path = lock_file or lock_path_for(spec)
+    rep = reporter(quiet, as_json)
+    try:
+        data = Builder(s, _options(**src), rep).lock(path)  # type: ignore[arg-type]
+    finally:
+        rep.close()
+    if as_json:
+        emit_json(data)
+    elif not quiet:
+        click.echo(f"wrote {path}")
+
+
+@click.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--pub", "pubs", multiple=True, type=click.Path(path_type=Path), required=True,
+              help="Trusted public key (repeatable).")
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def verify_cmd(bundle: Path, pubs: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+    """Verify BUNDLE in one streaming pass: signature first, then every member's size and digest."""
+    keys = [load_public_key(p) for p in pubs]
+    rep = reporter(quiet, as_json)
+    try:
+        rep.stage("verify", bundle.stat().st_size)
+        try:
+            ob = verify_bundle(bundle, keys, progress=rep.advance)
+        except VerifyError as e:
+            rep.close()
+            if as_json:
+                emit_json({"bundle": str(bundle), "ok": False, "reason": e.reason, "detail": e.detail})
+            else:
+                click.echo(f"FAILED: {bundle}: {e}", err=True)
+            sys.exit(1)
+    finally:
+        rep.close()
+    if as_json:
+        emit_json({"bundle": str(bundle), "ok": True, "name": ob.index.name, "version": ob.index.version,
+                   "sequence": ob.index.sequence, "signer": ob.signer, "blobs": len(ob.index.blobs)})
+    elif not quiet:
+        click.echo(f"OK: {bundle}: {ob.index.name} {ob.index.version} (sequence {ob.index.sequence}), "
+                   f"{len(ob.index.blobs)} blobs verified, signed by {ob.signer}")
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole index as JSON.")
+@handle_errors
+def inspect_cmd(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds (reads only the index; does NOT verify — use `verify`)."""
+    with open_bundle(bundle, None, require_signature=False) as ob:
+        idx = ob.index
+        signed = ob.signature is not None
+    if as_json:
+        emit_json({**idx.model_dump(mode="json", exclude_none=True), "signed": signed})
+        return
+    click.echo(f"{idx.name} {idx.version}  sequence {idx.sequence}  created {idx.created}"
+               + (f"  expires {idx.expires}" if idx.expires else "") + ("" if signed else "  UNSIGNED"))
+    click.echo(f"builder {idx.builder}  platforms {', '.join(idx.platforms)}  spec {idx.specDigest[:19]}")
+    click.echo(f"{len(idx.blobs)} blobs, {human_bytes(idx.total_size)}")
+    sizes = {b.digest: b.size for b in idx.blobs}
+    for kind in ("images", "charts", "manifests", "files", "models"):
+        items = getattr(idx.components, kind)
+        if not items:
+            continue
+        click.echo(f"{kind}:")
+        for c in items:
+            extra = f"  [{', '.join(c.platforms)}]" if kind == "images" else ""
+            click.echo(f"  {c.ref}  {c.digest[:19]}  {human_bytes(sum(sizes[d] for d in c.blobs))}{extra}")

@@ -1,0 +1,26 @@
+"""``hydra-bundle`` entry point."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .bundle_cmds import build_cmd, inspect_cmd, keygen_cmd, lock_cmd, verify_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hydra-bundle")
+def cli() -> None:
+    """Signed, streaming bundles for air-gapped Kubernetes sites."""
+
+
+for cmd in (keygen_cmd, build_cmd, lock_cmd, verify_cmd, inspect_cmd):
+    cli.add_command(cmd)
+
+
+def main() -> None:
+    cli(prog_name="hydra-bundle")
+
+
+if __name__ == "__main__":
+    main()

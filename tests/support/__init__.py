@@ -1,0 +1,1 @@
+"""Test support: real local services (registry, file server) and synthetic images/charts."""
