@@ -1,0 +1,9 @@
+.PHONY: setup test demo bench lint
+setup:
+	bash scripts/setup.sh
+test:
+	bash scripts/test.sh
+lint:
+	.venv/bin/ruff check src tests bench
+bench: setup
+	.venv/bin/python bench/run.py
