@@ -53,7 +53,7 @@ def download(open_response: Callable[[dict[str, str]], httpx.Response], what: st
                 progress(have)
         with open(partial, "ab" if have else "wb") as out:
             if resp is not None:
-                for chunk in resp.iter_raw(CHUNK):
+                for chunk in resp.iter_raw():  # httpcore-sized chunks: no re-chunking copies
                     h.update(chunk)
                     out.write(chunk)
                     have += len(chunk)

@@ -391,12 +391,15 @@ def push_random_image(
     *,
     workers: int = 2,
     tmp_dir: Path | str | None = None,
+    level: int = 1,
 ) -> PushedImage:
     """A big image, layer by layer (up to `workers` layers generated at once); same digests as make_image."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         layers = list(
             pool.map(
-                lambda i: push_random_layer(host, repo, layer_sizes[i], seed * 1000 + i, auth, tmp_dir=tmp_dir),
+                lambda i: push_random_layer(
+                    host, repo, layer_sizes[i], seed * 1000 + i, auth, tmp_dir=tmp_dir, level=level
+                ),
                 range(len(layer_sizes)),
             )
         )

@@ -1,0 +1,20 @@
+"""The on-site agent: watch → settle → verify → ingest (store) → publish (registry, file server, push) → apply.
+
+| module | job |
+| --- | --- |
+| ``config``          | ``agent.yaml`` schema (unknown keys and bad values: one error, exit 2) |
+| ``journal``         | sqlite state: bundles, their ordered steps, published refs/paths/blobs, history, seen drops |
+| ``steps``           | the step mechanism: a bundle's ordered plan of named steps, run and resumed by the journal |
+| ``store``           | the content store: an OCI image layout under ``state_dir/store``, dedup across bundles |
+| ``settle``          | when a file in the drop dir is complete (``*.part`` rename, stable size/mtime, tar trailer) |
+| ``watch``           | inotify (watchdog) plus periodic rescans of the drop dir |
+| ``ingest``          | verify-first pipeline for one file: admit, quarantine, run the steps |
+| ``publish``         | the ``publish`` step: make a stored bundle visible to the servers in one transaction |
+| ``push``            | the ``push`` step: copy images and charts to the site's registry |
+| ``registry_server`` | read-only OCI distribution API straight from the store |
+| ``file_server``     | ``/model/<name>/<path>`` and ``/files/<name>/<file>`` with listings rclone reads |
+| ``metrics``         | prometheus ``/metrics`` and ``/healthz`` |
+| ``notify``          | sd_notify (READY, STATUS, WATCHDOG) without extra dependencies |
+| ``log``             | structured key=value logs on stderr (journald-friendly) |
+| ``daemon``          | ``agent run``: servers + watch loop |
+"""

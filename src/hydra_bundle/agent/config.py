@@ -1,0 +1,172 @@
+"""``agent.yaml``: the agent's configuration. Unknown keys and bad values are errors naming file:line (exit 2).
+
+```yaml
+drop_dir: /var/lib/hydra-bundle/drop
+state_dir: /var/lib/hydra-bundle/state
+trusted_keys: [/etc/hydra-bundle/keys/release.pub]
+registry: {listen: "0.0.0.0:5000"}      # embedded read-only OCI registry
+files: {listen: "0.0.0.0:81"}           # embedded HTTP file server
+metrics: {listen: "127.0.0.1:9480"}     # /metrics and /healthz
+```
+See ``systemd/agent.example.yaml`` for every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..bundle.sign import load_public_key
+from ..errors import SpecError, UsageError
+from ..spec.load import load_yaml_model
+
+DEFAULT_CONFIG = "/etc/hydra-bundle/agent.yaml"
+CONFIG_ENV = "HYDRA_BUNDLE_AGENT_CONFIG"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def parse_listen(v: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port)."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError("must be HOST:PORT, e.g. 0.0.0.0:5000 or [::]:5000")
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError("port must be 0..65535")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{host!r} is not an IP address (bind an address, not a name)") from None
+    return host, p
+
+
+class Listen(_Strict):
+    listen: str = Field(description="HOST:PORT to bind, exactly")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+class Push(_Strict):
+    """Push every image and chart to the site's existing registry (Harbor, distribution)."""
+
+    registry: str = Field(description="HOST[:PORT][/PREFIX]: repositories are pushed under PREFIX")
+    insecure: bool = Field(False, description="plain HTTP instead of HTTPS")
+    credentials_file: Path | None = Field(None, description="docker/podman auth.json ({'auths': {HOST: ...}})")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the registry's TLS certificate")
+    tls_verify: bool = True
+    chunk_size: int = Field(64 << 20, ge=1 << 20, description="bytes per PATCH of a chunked upload")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str) -> str:
+        v = v.removeprefix("https://").removeprefix("http://").rstrip("/")
+        host = v.split("/", 1)[0]
+        if not host or " " in v:
+            raise ValueError("must be HOST[:PORT][/PREFIX]")
+        return v
+
+    @field_validator("credentials_file", "ca_file")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} does not exist or is not a file")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.registry.split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        return self.registry.partition("/")[2]
+
+
+class Limits(_Strict):
+    max_bundle_bytes: int | None = Field(None, ge=1, description="refuse bundles whose content is larger")
+    min_free_bytes: int = Field(1 << 30, ge=0, description="free space kept on the store's filesystem")
+    ingest_bytes_per_second: int | None = Field(None, ge=1, description="throttle ingest reads (shared disks)")
+
+
+class AgentConfig(_Strict):
+    drop_dir: Path
+    state_dir: Path
+    trusted_keys: list[Path] = Field(min_length=1)
+    registry: Listen | None = Field(None, description="embedded read-only OCI registry (omit to disable)")
+    files: Listen | None = Field(None, description="embedded HTTP file server (omit to disable)")
+    metrics: Listen | None = Field(None, description="/metrics and /healthz (omit to disable)")
+    push: Push | None = None
+    allow_downgrade: bool = Field(False, description="accept a lower sequence than one already applied")
+    poll_interval: float = Field(30.0, gt=0, description="seconds between rescans of the drop dir")
+    settle_seconds: float = Field(5.0, ge=0, description="size and mtime must be unchanged this long")
+    incomplete_timeout: float = Field(
+        3600.0, gt=0, description="a stable file that still is not a complete tar after this long is quarantined")
+    retry_interval: float = Field(60.0, gt=0, description="seconds before a failed step is retried")
+    drops: Literal["keep", "delete"] = Field(
+        "keep", description="what to do with a bundle file in drop_dir once it is complete")
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, v: list[Path]) -> list[Path]:
+        for p in v:
+            try:
+                load_public_key(p)
+            except UsageError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("drop_dir", "state_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AgentConfig:
+        d, s = self.drop_dir.resolve(), self.state_dir.resolve()
+        if d == s or d in s.parents or s in d.parents:
+            raise ValueError("drop_dir and state_dir must not contain each other")
+        return self
+
+    def public_keys(self) -> list[ec.EllipticCurvePublicKey]:
+        return [load_public_key(p) for p in self.trusted_keys]
+
+    @property
+    def store_dir(self) -> Path:
+        return self.state_dir / "store"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.db"
+
+    def low_ports(self) -> list[int]:
+        return [x.address[1] for x in (self.registry, self.files, self.metrics) if x and 0 < x.address[1] < 1024]
+
+
+def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
+    p = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not p.exists():
+        raise SpecError([f"{p}: config file does not exist (--config FILE or ${CONFIG_ENV})"])
+    return load_yaml_model(p, AgentConfig)
