@@ -1,0 +1,343 @@
+"""The state database (sqlite, WAL): what the site holds and how far each bundle got.
+
+Tables:
+  bundles   one row per bundle, keyed by the sha256 of its signed index bytes; ``state`` is what users see
+  steps     the ordered plan of named steps per bundle (pending/running/done/failed/skipped + detail)
+  history   append-only events (received, step done, quarantined, complete, ...)
+  drops     files already handled in the drop dir (path, size, mtime, inode) so kept drops are not re-read
+  refs/blobs/paths  what is published (written only by the publish step, read by the servers; see published.py)
+
+Every write is one transaction with ``synchronous=FULL``: after kill -9 the database is exactly as of the
+last commit, and the step runner resumes from there (a step found ``running`` is run again: steps are
+idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Bundle states (what `agent status` shows).
+RECEIVED = "received"        # signature verified, steps planned, nothing run yet
+RUNNING = "running"          # a step is running (or was, when the agent died: it resumes)
+FAILED = "failed"            # a step failed with a transient error; retried after retry_interval
+COMPLETE = "complete"        # every planned step is done or skipped
+QUARANTINED = "quarantined"  # refused: moved to state_dir/quarantine with a reason file
+ACTIVE_STATES = (RECEIVED, RUNNING, FAILED)
+
+# Step states.
+PENDING, STEP_RUNNING, DONE, STEP_FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS bundles(
+  id TEXT PRIMARY KEY, name TEXT, version TEXT, sequence INTEGER, state TEXT NOT NULL,
+  verified INTEGER NOT NULL DEFAULT 0, source TEXT, signer TEXT, size INTEGER, created TEXT, expires TEXT,
+  received_at REAL, updated_at REAL, completed_at REAL, reason TEXT, detail TEXT,
+  index_json BLOB, layout_index BLOB);
+CREATE INDEX IF NOT EXISTS bundles_name ON bundles(name, sequence);
+CREATE TABLE IF NOT EXISTS steps(
+  bundle_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
+  detail TEXT, attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,
+  PRIMARY KEY(bundle_id, name));
+CREATE TABLE IF NOT EXISTS history(
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, bundle_id TEXT, name TEXT, version TEXT,
+  event TEXT NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS drops(
+  path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, bundle_id TEXT, outcome TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS refs(
+  repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, kind TEXT NOT NULL,
+  ref TEXT NOT NULL, bundle_id TEXT NOT NULL, published_at REAL NOT NULL, PRIMARY KEY(repo, tag));
+CREATE TABLE IF NOT EXISTS blobs(
+  digest TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, bundle_id TEXT NOT NULL,
+  published_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS paths(
+  area TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+  bundle_id TEXT NOT NULL, published_at REAL NOT NULL, PRIMARY KEY(area, name, path));
+"""
+
+
+@dataclass
+class Step:
+    bundle_id: str
+    position: int
+    name: str
+    state: str
+    detail: str | None
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+
+    def json(self) -> dict[str, Any]:
+        return {"name": self.name, "state": self.state, "detail": self.detail, "attempts": self.attempts,
+                "startedAt": _iso(self.started_at), "finishedAt": _iso(self.finished_at)}
+
+
+@dataclass
+class BundleRow:
+    id: str
+    name: str | None
+    version: str | None
+    sequence: int | None
+    state: str
+    verified: bool
+    source: str | None
+    signer: str | None
+    size: int | None
+    created: str | None
+    expires: str | None
+    received_at: float | None
+    updated_at: float | None
+    completed_at: float | None
+    reason: str | None
+    detail: str | None
+    index_json: bytes | None
+    layout_index: bytes | None
+
+    def index(self) -> Any:
+        from ..bundle.index import BundleIndex
+
+        assert self.index_json is not None
+        return BundleIndex.from_bytes(self.index_json)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Database:
+    """Thread-local sqlite connections to one file (servers read while the pipeline writes)."""
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self._local = threading.local()
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.tx() as c:
+                c.executescript(_SCHEMA)
+                c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            if self.readonly:
+                c = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            else:
+                c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                c.execute("PRAGMA journal_mode=WAL")
+                c.execute("PRAGMA synchronous=FULL")
+            c.execute("PRAGMA busy_timeout=30000")
+            c.row_factory = sqlite3.Row
+            self._local.conn = c
+        return c
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self.conn().execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+
+class Journal:
+    """Bundles, their steps, history and seen drops."""
+
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ---------------------------------------------------------------- bundles
+
+    def bundle(self, bundle_id: str) -> BundleRow | None:
+        rows = self.db.query("SELECT * FROM bundles WHERE id=?", (bundle_id,))
+        return BundleRow(**{k: rows[0][k] for k in rows[0].keys()}) if rows else None  # noqa: SIM118
+
+    def bundles(self, states: tuple[str, ...] | None = None) -> list[BundleRow]:
+        sql = "SELECT * FROM bundles"
+        args: tuple[Any, ...] = ()
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = states
+        rows = self.db.query(sql + " ORDER BY received_at, id", args)
+        return [BundleRow(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+    def admit(self, bundle_id: str, index: Any, index_bytes: bytes, layout_index: bytes, source: str,
+              signer: str | None, steps: list[str]) -> None:
+        """Record a verified bundle and its step plan (a re-admitted bundle keeps its finished steps)."""
+        now = time.time()
+        with self.db.tx() as c:
+            prev = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
+            if prev is not None and prev["state"] == QUARANTINED:  # a good copy of a bundle refused before
+                c.execute("DELETE FROM steps WHERE bundle_id=?", (bundle_id,))
+            c.execute(
+                """INSERT INTO bundles(id, name, version, sequence, state, verified, source, signer, size, created,
+                   expires, received_at, updated_at, index_json, layout_index) VALUES(?,?,?,?,?,1,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(id) DO UPDATE SET state=excluded.state, verified=1, source=excluded.source,
+                   signer=excluded.signer, updated_at=excluded.updated_at, reason=NULL, detail=NULL,
+                   index_json=excluded.index_json, layout_index=excluded.layout_index""",
+                (bundle_id, index.name, index.version, index.sequence, RECEIVED, source, signer, index.total_size,
+                 index.created, index.expires, now, now, index_bytes, layout_index))
+            self._plan(c, bundle_id, steps)
+            self._event(c, bundle_id, index.name, index.version, "received", f"from {source}, signed by {signer}")
+
+    def replan(self, bundle_id: str, steps: list[str]) -> None:
+        with self.db.tx() as c:
+            self._plan(c, bundle_id, steps)
+
+    @staticmethod
+    def _plan(c: sqlite3.Connection, bundle_id: str, steps: list[str]) -> None:
+        have = {r["name"]: r["state"] for r in c.execute("SELECT name, state FROM steps WHERE bundle_id=?",
+                                                          (bundle_id,))}
+        for pos, name in enumerate(steps):
+            if name in have:
+                c.execute("UPDATE steps SET position=? WHERE bundle_id=? AND name=?", (pos, bundle_id, name))
+                if have[name] in (STEP_FAILED, STEP_RUNNING):
+                    c.execute("UPDATE steps SET state=? WHERE bundle_id=? AND name=?", (PENDING, bundle_id, name))
+            else:
+                c.execute("INSERT INTO steps(bundle_id, position, name, state) VALUES(?,?,?,?)",
+                          (bundle_id, pos, name, PENDING))
+        stale = [n for n in have if n not in steps and have[n] not in (DONE, SKIPPED)]
+        for name in stale:  # a step no longer planned (config changed) and never finished
+            c.execute("UPDATE steps SET state=?, detail=? WHERE bundle_id=? AND name=?",
+                      (SKIPPED, "no longer planned", bundle_id, name))
+
+    def record_refused(self, bundle_id: str, name: str | None, version: str | None, sequence: int | None,
+                       verified: bool, source: str, reason: str, detail: str, index_bytes: bytes | None) -> None:
+        """A quarantined bundle: keep a row so `status` shows it (never overrides a complete bundle)."""
+        now = time.time()
+        with self.db.tx() as c:
+            row = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
+            if row is None:
+                c.execute(
+                    """INSERT INTO bundles(id, name, version, sequence, state, verified, source, received_at,
+                       updated_at, reason, detail, index_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    (bundle_id, name, version, sequence, QUARANTINED, int(verified), source, now, now, reason,
+                     detail, index_bytes if verified else None))
+            elif row["state"] != COMPLETE:
+                c.execute("UPDATE bundles SET state=?, reason=?, detail=?, updated_at=?, source=? WHERE id=?",
+                          (QUARANTINED, reason, detail, now, source, bundle_id))
+                c.execute("UPDATE steps SET state=? WHERE bundle_id=? AND state IN (?,?)",
+                          (SKIPPED, bundle_id, PENDING, STEP_RUNNING))
+            self._event(c, bundle_id, name, version, "quarantined", f"{reason}: {detail}")
+
+    def set_state(self, bundle_id: str, state: str, reason: str | None = None, detail: str | None = None) -> None:
+        now = time.time()
+        with self.db.tx() as c:
+            c.execute("UPDATE bundles SET state=?, reason=?, detail=?, updated_at=?, "
+                      "completed_at=CASE WHEN ?='complete' THEN ? ELSE completed_at END WHERE id=?",
+                      (state, reason, detail, now, state, now, bundle_id))
+            if state == COMPLETE:
+                r = c.execute("SELECT name, version FROM bundles WHERE id=?", (bundle_id,)).fetchone()
+                self._event(c, bundle_id, r["name"], r["version"], "complete", None)
+
+    def max_sequence(self, name: str, exclude: str) -> int | None:
+        """Highest sequence of a verified, not refused bundle of this name (rollback protection)."""
+        rows = self.db.query("SELECT MAX(sequence) AS s FROM bundles WHERE name=? AND id<>? AND verified=1 "
+                             "AND state<>?", (name, exclude, QUARANTINED))
+        return rows[0]["s"] if rows and rows[0]["s"] is not None else None
+
+    # ---------------------------------------------------------------- steps
+
+    def steps(self, bundle_id: str) -> list[Step]:
+        rows = self.db.query("SELECT * FROM steps WHERE bundle_id=? ORDER BY position", (bundle_id,))
+        return [Step(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
+
+    def step_started(self, bundle_id: str, name: str) -> None:
+        now = time.time()
+        with self.db.tx() as c:
+            c.execute("UPDATE steps SET state=?, attempts=attempts+1, started_at=?, finished_at=NULL, detail=NULL "
+                      "WHERE bundle_id=? AND name=?", (STEP_RUNNING, now, bundle_id, name))
+            c.execute("UPDATE bundles SET state=?, updated_at=?, reason=NULL, detail=? WHERE id=?",
+                      (RUNNING, now, f"step {name}", bundle_id))
+
+    def step_finished(self, bundle_id: str, name: str, state: str, detail: str | None) -> None:
+        now = time.time()
+        with self.db.tx() as c:
+            c.execute("UPDATE steps SET state=?, detail=?, finished_at=? WHERE bundle_id=? AND name=?",
+                      (state, detail, now, bundle_id, name))
+            r = c.execute("SELECT name, version FROM bundles WHERE id=?", (bundle_id,)).fetchone()
+            self._event(c, bundle_id, r["name"], r["version"], f"step {name} {state}", detail)
+
+    def recover(self) -> int:
+        """After a crash: steps left ``running`` go back to ``pending`` (they are idempotent)."""
+        with self.db.tx() as c:
+            n = c.execute("UPDATE steps SET state=? WHERE state=?", (PENDING, STEP_RUNNING)).rowcount
+        return n
+
+    # ---------------------------------------------------------------- history and drops
+
+    def event(self, bundle_id: str | None, name: str | None, version: str | None, event: str,
+              detail: str | None = None) -> None:
+        with self.db.tx() as c:
+            self._event(c, bundle_id, name, version, event, detail)
+
+    @staticmethod
+    def _event(c: sqlite3.Connection, bundle_id: str | None, name: str | None, version: str | None, event: str,
+               detail: str | None) -> None:
+        c.execute("INSERT INTO history(at, bundle_id, name, version, event, detail) VALUES(?,?,?,?,?,?)",
+                  (time.time(), bundle_id, name, version, event, detail))
+
+    def history(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT * FROM history ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"at": _iso(r["at"]), "bundle": r["bundle_id"], "name": r["name"], "version": r["version"],
+                 "event": r["event"], "detail": r["detail"]} for r in reversed(rows)]
+
+    def seen_drop(self, path: str, size: int, mtime_ns: int, inode: int) -> tuple[str | None, str] | None:
+        rows = self.db.query("SELECT bundle_id, outcome FROM drops WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
+                             (path, size, mtime_ns, inode))
+        return (rows[0]["bundle_id"], rows[0]["outcome"]) if rows else None
+
+    def record_drop(self, path: str, size: int, mtime_ns: int, inode: int, bundle_id: str | None,
+                    outcome: str) -> None:
+        with self.db.tx() as c:
+            c.execute("INSERT OR REPLACE INTO drops(path, size, mtime_ns, inode, bundle_id, outcome, at) "
+                      "VALUES(?,?,?,?,?,?,?)", (path, size, mtime_ns, inode, bundle_id, outcome, time.time()))
+
+    def forget_drop(self, path: str) -> None:
+        with self.db.tx() as c:
+            c.execute("DELETE FROM drops WHERE path=?", (path,))
+
+    # ---------------------------------------------------------------- reports
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for b in self.bundles():
+            comps: list[dict[str, Any]] = []
+            if b.index_json:
+                idx = json.loads(b.index_json)
+                for kind, items in (idx.get("components") or {}).items():
+                    for item in items:
+                        comps.append({"kind": kind[:-1], "ref": item["ref"], "digest": item["digest"],
+                                      **({"name": item["name"]} if "name" in item else {})})
+            out.append({
+                "id": b.id, "digest": b.id, "name": b.name, "version": b.version, "sequence": b.sequence,
+                "state": b.state, "verified": bool(b.verified), "source": b.source, "signer": b.signer,
+                "size": b.size, "created": b.created, "expires": b.expires, "receivedAt": _iso(b.received_at),
+                "updatedAt": _iso(b.updated_at), "completedAt": _iso(b.completed_at), "reason": b.reason,
+                "detail": b.detail, "steps": [s.json() for s in self.steps(b.id)], "components": comps,
+            })
+        return out
