@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,13 +20,13 @@ from ..bundle import index as ix
 from ..bundle.sign import load_private_key, sign
 from ..bundle.writer import write_bundle
 from ..digest import canonical_json, ensure_free_space, sha256_bytes
-from ..errors import SpecError, UsageError
+from ..errors import UsageError
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
 from ..progress import QuietReporter, Reporter
-from ..spec.load import load_yaml_model
 from ..spec.model import BundleSpec
 from .cache import BlobCache
+from .daemon import DaemonImageSource
 from .plan import BlobTask, Context, Finished
 from .sources import ChartSource, FileSource, ImageSource, ModelSource, Source
 
@@ -120,7 +119,8 @@ def load_lock(path: Path) -> dict[str, Any]:
 
 def make_sources(spec: BundleSpec, ctx: Context) -> list[Source]:
     out: list[Source] = []
-    out += [ImageSource(s, ctx) for s in spec.images]
+    out += [DaemonImageSource(s, ctx) if s.ref.startswith("docker-daemon:") else ImageSource(s, ctx)
+            for s in spec.images]
     out += [ChartSource(s, ctx) for s in spec.charts]
     out += [FileSource(s, ctx, "manifests") for s in spec.manifests]
     out += [FileSource(s, ctx, "files") for s in spec.files]
