@@ -144,11 +144,16 @@ class Builder:
             locked = load_lock(lp)
         return Context(client=client, http=http, cache=self.cache, base_dir=self.spec.base_dir,
                        platforms=self.opts.platforms or self.spec.platforms,
-                       tag=tag_for(self.spec.metadata.version), locked=locked, log=self.rep.log)
+                       tag=tag_for(self.spec.metadata.version), locked=locked, log=self.rep.log,
+                       url_mirrors={k: v for k, v in self.opts.mirrors.items() if "://" in k})
 
-    def resolve_and_fetch(self) -> tuple[Context, list[Finished]]:
-        """Resolve every source, bring every blob into the cache, and finish the components."""
-        client = RegistryClient(self.opts.insecure, self.opts.mirrors, verify_tls=self.opts.verify_tls)
+    def resolve_and_fetch(self, pin_only: bool = False) -> tuple[Context, list[Finished]]:
+        """Resolve every source, bring every blob into the cache, and finish the components.
+
+        With ``pin_only`` (``lock``) only content without a known digest is downloaded (to hash it), and the
+        sources just record their pins: locking a spec never pulls image layers or pinned model weights."""
+        registry_mirrors = {k: v for k, v in self.opts.mirrors.items() if "://" not in k}
+        client = RegistryClient(self.opts.insecure, registry_mirrors, verify_tls=self.opts.verify_tls)
         http = httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=True,
                             verify=self.opts.verify_tls, headers={"User-Agent": f"hydra-bundle/{__version__}"})
         try:
@@ -158,13 +163,22 @@ class Builder:
             with ThreadPoolExecutor(self.opts.jobs) as pool:
                 task_lists = list(pool.map(lambda s: s.resolve(ctx), sources))
             tasks = self._dedup([t for ts in task_lists for t in ts])
+            if pin_only:
+                for t in tasks:
+                    if t.digest:
+                        t.result = (t.digest, t.size or 0)
+                tasks = [t for t in tasks if not t.digest]
             self._fetch(tasks)
             by_key = {t.key: t for t in tasks}
             for ts in task_lists:
                 for t in ts:
-                    t.result = by_key[t.key].result
-            finished = [s.finish(ctx) for s in sources]
-            return ctx, finished
+                    if t.key in by_key:
+                        t.result = by_key[t.key].result
+            if pin_only:
+                for s in sources:
+                    s.pin(ctx)
+                return ctx, []
+            return ctx, [s.finish(ctx) for s in sources]
         finally:
             client.close()
             http.close()
@@ -255,7 +269,7 @@ class Builder:
         return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0)
 
     def lock(self, path: Path) -> dict[str, Any]:
-        ctx, _ = self.resolve_and_fetch()
+        ctx, _ = self.resolve_and_fetch(pin_only=True)
         data = {"apiVersion": "hydra-bundle/v1", "kind": "BundleLock",
                 "specDigest": sha256_bytes(self.spec._raw), **{k: ctx.lock_out[k] for k in sorted(ctx.lock_out)}}
         tmp = path.with_name(path.name + ".tmp")

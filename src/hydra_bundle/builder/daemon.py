@@ -118,6 +118,9 @@ class DaemonImageSource:
         self.manifest = manifest
         self.types = {self.digest: mt.OCI_MANIFEST, cfg_digest: mt.OCI_CONFIG, **self.types}
 
+    def pin(self, ctx: Context) -> None:
+        """Engine images have no upstream digest to pin; they are not locked."""
+
     def finish(self, ctx: Context) -> Finished:
         comp = ix.Image(ref=self.ref, digest=self.digest, mediaType=mt.OCI_MANIFEST, platforms=[self.platform],
                         blobs=list(self.types), source="docker-daemon")

@@ -32,6 +32,14 @@ class Context:
     locked: dict[str, Any] | None = None     # lock entries when building --locked
     lock_out: dict[str, Any] = field(default_factory=dict)  # what `lock` records
     log: Callable[[str], None] = lambda _msg: None
+    url_mirrors: dict[str, str] = field(default_factory=dict)  # URL prefix → replacement prefix
+
+    def url(self, url: str) -> str:
+        """Where to actually fetch ``url`` from (``--mirror https://huggingface.co=https://hf-mirror.corp``)."""
+        for src in sorted(self.url_mirrors, key=len, reverse=True):
+            if url.startswith(src):
+                return self.url_mirrors[src] + url[len(src):]
+        return url
 
 
 @dataclass

@@ -68,7 +68,7 @@ def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, med
 
         def open_response(headers: dict[str, str]) -> httpx.Response:
             try:
-                return ctx.http.send(ctx.http.build_request("GET", url, headers=headers), stream=True)
+                return ctx.http.send(ctx.http.build_request("GET", ctx.url(url), headers=headers), stream=True)
             except httpx.HTTPError as e:
                 raise SourceError(f"{url}: {e}") from None
 
@@ -205,6 +205,9 @@ class ImageSource:
             ctx.log(f"warning: {self.spec.ref} is a single-platform image for {plat}, not {', '.join(self.platforms)}")
         return plat
 
+    def pin(self, ctx: Context) -> None:
+        """Lock entry: recorded by resolve (the top manifest digest)."""
+
     def finish(self, ctx: Context) -> Finished:
         assert self.top is not None
         src = None
@@ -290,7 +293,7 @@ class ChartSource:
         assert self.spec.repo
         index_url = self.spec.repo.rstrip("/") + "/index.yaml"
         try:
-            resp = ctx.http.get(index_url)
+            resp = ctx.http.get(ctx.url(index_url))
         except httpx.HTTPError as e:
             raise SourceError(f"charts: {index_url}: {e}") from None
         if resp.status_code != 200:
@@ -309,7 +312,7 @@ class ChartSource:
         urls = entry.get("urls") or []
         if not urls:
             raise SourceError(f"charts: {self.spec.name} {self.spec.version}: index entry has no urls")
-        self.url = urljoin(self.spec.repo.rstrip("/") + "/", urls[0])
+        self.url = urljoin(index_url, urls[0])
         pin = self.spec.sha256
         repo_digest = entry.get("digest")
         if ctx.locked is not None:
@@ -323,6 +326,10 @@ class ChartSource:
         self.tasks = [_http_task(ctx, self.url, pin or repo_digest, None, mt.HELM_CHART,
                                  f"chart {self.spec.name}-{self.spec.version}")]
         return self.tasks
+
+    def pin(self, ctx: Context) -> None:
+        if self.manifest is None and self.tasks[0].result:
+            ctx.lock_out.setdefault("charts", {})[self.spec.name] = self.tasks[0].result[0]
 
     def finish(self, ctx: Context) -> Finished:
         if self.manifest is not None:
@@ -385,6 +392,10 @@ class FileSource:
     def resolve(self, ctx: Context) -> list[BlobTask]:
         return [self.task]
 
+    def pin(self, ctx: Context) -> None:
+        assert self.task.result
+        ctx.lock_out.setdefault(self.kind, {})[self.spec.name] = self.task.result[0]
+
     def finish(self, ctx: Context) -> Finished:
         assert self.task.result
         digest, size = self.task.result
@@ -429,6 +440,11 @@ class ModelSource:
 
     def resolve(self, ctx: Context) -> list[BlobTask]:
         return self.tasks
+
+    def pin(self, ctx: Context) -> None:
+        for f, t in zip(self.spec.files, self.tasks, strict=True):
+            assert t.result
+            ctx.lock_out.setdefault("models", {}).setdefault(self.spec.name, {})[f.path] = t.result[0]
 
     def finish(self, ctx: Context) -> Finished:
         layers, files = [], []

@@ -349,12 +349,20 @@ def parse_insecure(values: Iterable[str]) -> set[str]:
 
 
 def parse_mirrors(values: Iterable[str]) -> dict[str, str]:
+    """``REGISTRY=HOST[:PORT][/PREFIX]`` for registries; ``URLPREFIX=URLPREFIX`` (both http[s]://) for files,
+    charts and models fetched over HTTP (Artifactory/Nexus generic remotes, hf-mirror)."""
     out = {}
     for v in values:
         src, sep, dst = v.partition("=")
+        src, dst = src.strip(), dst.strip()
         if not sep or not src or not dst:
             raise UsageError(f"--mirror {v!r}: expected SRC=DST, e.g. docker.io=harbor.example.com/dockerhub")
-        out[src.strip()] = dst.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
+        if "://" in src:
+            if "://" not in dst:
+                raise UsageError(f"--mirror {v!r}: a URL prefix must map to a URL prefix")
+            out[src] = dst
+        else:
+            out[src] = dst.removeprefix("https://").removeprefix("http://").rstrip("/")
     return out
 
 

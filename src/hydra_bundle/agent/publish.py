@@ -1,0 +1,46 @@
+"""The ``publish`` step: make a stored bundle visible — tags, blobs and model/file paths in one transaction,
+then the store's ``index.json`` (the OCI layout view) regenerated atomically."""
+
+from __future__ import annotations
+
+from ..bundle.index import BundleIndex
+from ..errors import HydraError
+from .published import RefRow, repo_and_tag
+from .steps import StepContext, StepDef
+
+KIND = {"images": "image", "charts": "chart", "manifests": "manifest", "files": "file", "models": "model"}
+
+
+def plan(index: object, config: object) -> list[StepDef]:
+    return [StepDef("publish", run)]
+
+
+def refs_of(index: BundleIndex) -> list[RefRow]:
+    out = []
+    for kind in KIND:
+        for c in getattr(index.components, kind):
+            repo, tag, _ = repo_and_tag(c.ref)
+            out.append(RefRow(repo, tag or f"@{c.digest}", c.digest, c.mediaType, KIND[kind], c.ref))
+    return out
+
+
+def paths_of(index: BundleIndex) -> list[tuple[str, str, str, str, int]]:
+    out = []
+    for m in index.components.models:
+        out += [("model", m.name, f.path, f.digest, f.size) for f in m.files]
+    for f in index.components.files:
+        out.append(("files", f.name, f.file.path, f.file.digest, f.file.size))
+    return out
+
+
+def run(ctx: StepContext) -> str:
+    idx = ctx.index
+    missing = [b.digest for b in idx.blobs if not ctx.store.has(b.digest, b.size)]
+    if missing:
+        raise HydraError(f"{len(missing)} blob(s) of the bundle are missing from the store (first {missing[0]}); "
+                         "drop the bundle again")
+    refs = refs_of(idx)
+    ctx.published.publish(ctx.bundle_id, refs, [(b.digest, b.size, b.mediaType) for b in idx.blobs],
+                          paths_of(idx))
+    ctx.store.write_index(ctx.published.layout_manifests())
+    return f"{len(refs)} references, {len(idx.blobs)} blobs"

@@ -1,0 +1,134 @@
+"""What the site serves: tags → manifests, published blobs, model/file paths. Written in one transaction by
+the publish step, read by the registry and file servers (so a bundle is visible completely or not at all).
+
+Repositories keep the original path without the registry host (what containerd registry mirrors expect):
+``release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu`` → ``hydra/vllm-openai`` tag ``0.8.5.dev940-cpu``,
+``docker.io/library/ubuntu:24.04`` → ``library/ubuntu`` tag ``24.04``. Untagged (digest-only) references are
+kept under the pseudo-tag ``@sha256:…`` (never listed) so the repository exists and pulls by digest work.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..oci import mediatypes as mt
+from .journal import Database
+
+_TAG_BAD = re.compile(r"[^\w.-]")
+
+
+def repo_and_tag(ref: str) -> tuple[str, str | None, str | None]:
+    """``[host/]path[:tag][@digest]`` → (path, tag, digest) with the registry host dropped."""
+    s = ref.removeprefix("oci://")
+    digest = None
+    if "@" in s:
+        s, digest = s.split("@", 1)
+    tag = None
+    head, _, last = s.rpartition("/")
+    if ":" in last:
+        last, tag = last.split(":", 1)
+        s = f"{head}/{last}" if head else last
+    parts = s.split("/", 1)
+    if len(parts) == 2 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        s = parts[1]
+    elif "/" not in s:
+        s = f"library/{s}"  # docker.io short names
+    if tag is not None:
+        tag = _TAG_BAD.sub("_", tag)[:128]  # chart versions: 1.0.0+build → 1.0.0_build, as helm push does
+    return s.lower(), tag, digest
+
+
+@dataclass
+class RefRow:
+    repo: str
+    tag: str
+    digest: str
+    media_type: str
+    kind: str
+    ref: str
+
+
+class Published:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # ---------------------------------------------------------------- writing (publish step)
+
+    def publish(self, bundle_id: str, refs: list[RefRow], blobs: list[tuple[str, int, str]],
+                paths: list[tuple[str, str, str, str, int]]) -> None:
+        now = time.time()
+        with self.db.tx() as c:
+            for d, size, media in blobs:
+                c.execute("INSERT OR IGNORE INTO blobs(digest, size, media_type, bundle_id, published_at) "
+                          "VALUES(?,?,?,?,?)", (d, size, media, bundle_id, now))
+            for r in refs:
+                c.execute("INSERT OR REPLACE INTO refs(repo, tag, digest, media_type, kind, ref, bundle_id, "
+                          "published_at) VALUES(?,?,?,?,?,?,?,?)",
+                          (r.repo, r.tag, r.digest, r.media_type, r.kind, r.ref, bundle_id, now))
+            for area, name in {(p[0], p[1]) for p in paths}:  # a model/file set is replaced as a whole
+                c.execute("DELETE FROM paths WHERE area=? AND name=? AND bundle_id<>?", (area, name, bundle_id))
+            for area, name, path, digest, size in paths:
+                c.execute("INSERT OR REPLACE INTO paths(area, name, path, digest, size, bundle_id, published_at) "
+                          "VALUES(?,?,?,?,?,?,?)", (area, name, path, digest, size, bundle_id, now))
+
+    def layout_manifests(self) -> list[dict[str, Any]]:
+        """Descriptors for the store's index.json: one per published reference, annotated with its ref name."""
+        rows = self.db.query("SELECT r.ref, r.digest, r.media_type, r.kind, b.size FROM refs r "
+                             "JOIN blobs b ON b.digest = r.digest ORDER BY r.repo, r.tag")
+        return [{"mediaType": r["media_type"], "digest": r["digest"], "size": r["size"],
+                 "annotations": {mt.ANN_REF_NAME: r["ref"], mt.ANN_KIND: r["kind"]}} for r in rows]
+
+    # ---------------------------------------------------------------- registry reads
+
+    def repo_exists(self, repo: str) -> bool:
+        return bool(self.db.query("SELECT 1 FROM refs WHERE repo=? LIMIT 1", (repo,)))
+
+    def repositories(self) -> list[str]:
+        return [r["repo"] for r in self.db.query("SELECT DISTINCT repo FROM refs ORDER BY repo")]
+
+    def tags(self, repo: str) -> list[str]:
+        return [r["tag"] for r in self.db.query("SELECT tag FROM refs WHERE repo=? AND tag NOT LIKE '@%' "
+                                                 "ORDER BY tag", (repo,))]
+
+    def manifest(self, repo: str, reference: str) -> tuple[str, str] | None:
+        """(digest, media type) of a manifest by tag or digest in ``repo``."""
+        if not self.repo_exists(repo):
+            return None
+        if reference.startswith("sha256:"):
+            rows = self.db.query("SELECT digest, media_type FROM blobs WHERE digest=?", (reference,))
+            if rows and rows[0]["media_type"] in mt.ALL_MANIFEST_TYPES:
+                return rows[0]["digest"], rows[0]["media_type"]
+            return None
+        rows = self.db.query("SELECT digest, media_type FROM refs WHERE repo=? AND tag=?", (repo, reference))
+        return (rows[0]["digest"], rows[0]["media_type"]) if rows else None
+
+    def blob_size(self, digest: str) -> int | None:
+        rows = self.db.query("SELECT size FROM blobs WHERE digest=?", (digest,))
+        return int(rows[0]["size"]) if rows else None
+
+    # ---------------------------------------------------------------- file server reads
+
+    def names(self, area: str) -> list[str]:
+        return [r["name"] for r in self.db.query("SELECT DISTINCT name FROM paths WHERE area=? ORDER BY name",
+                                                  (area,))]
+
+    def file(self, area: str, name: str, path: str) -> tuple[str, int, float] | None:
+        rows = self.db.query("SELECT digest, size, published_at FROM paths WHERE area=? AND name=? AND path=?",
+                             (area, name, path))
+        return (rows[0]["digest"], int(rows[0]["size"]), float(rows[0]["published_at"])) if rows else None
+
+    def files(self, area: str, name: str) -> list[tuple[str, int, float]]:
+        rows = self.db.query("SELECT path, size, published_at FROM paths WHERE area=? AND name=? ORDER BY path",
+                             (area, name))
+        return [(r["path"], int(r["size"]), float(r["published_at"])) for r in rows]
+
+    # ---------------------------------------------------------------- inventory
+
+    def inventory(self) -> list[tuple[str, int]]:
+        return [(r["digest"], int(r["size"])) for r in self.db.query("SELECT digest, size FROM blobs ORDER BY digest")]
+
+    def referenced_blobs(self) -> set[str]:
+        return {r["digest"] for r in self.db.query("SELECT digest FROM blobs")}

@@ -1,0 +1,149 @@
+"""The step mechanism: every admitted bundle gets an ordered plan of named steps, journaled one by one.
+
+A *planner* looks at a verified bundle index (and the agent config) and returns the steps that bundle
+needs, each a :class:`StepDef` with a unique, stable name and a ``run`` function. The plan is the
+concatenation of every planner's steps in :data:`PLANNERS` order::
+
+    ingest    (agent.ingest)    copy every member into the content store, verifying each blob
+    publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
+    push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
+    ...       apply planners (issue 4) append e.g. ``kube:<name>``, ``helm:<release>``, ``mysql:<name>``,
+              ``warmup:<name>`` from ``index.spec["deploy"]``
+
+Runner rules (:func:`run_steps`): steps run in order; ``done``/``skipped`` steps are never run again; a step
+found ``running`` after a crash is run again, so every step must be idempotent (check, then act). A step
+returns a short detail string (shown by ``agent status``), raises :class:`SkipStep` to record ``skipped``,
+raises :class:`~hydra_bundle.errors.VerifyError` to refuse the bundle (quarantine), and any other
+:class:`~hydra_bundle.errors.HydraError`/``OSError`` marks the step ``failed`` and the bundle ``failed``; it is
+retried after ``retry_interval``. When all steps are done or skipped the bundle is ``complete``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HydraError, VerifyError
+from .journal import COMPLETE, DONE, FAILED, SKIPPED, STEP_FAILED, Journal
+
+if TYPE_CHECKING:
+    from ..bundle.index import BundleIndex
+    from ..bundle.reader import OpenBundle
+    from .config import AgentConfig
+    from .published import Published
+    from .store import Store
+
+
+class SkipStep(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a step that has nothing to do for this bundle; ``str(e)`` is recorded as detail."""
+
+
+class Interrupted(Exception):  # noqa: N818
+    """The agent is stopping; the step stays pending and resumes on the next start."""
+
+
+@dataclass
+class StepContext:
+    """What a step gets. ``opened`` is the bundle file, verified up to its signature (None when the agent
+    resumes a bundle whose file is gone: only steps before ``publish`` need it)."""
+
+    config: AgentConfig
+    journal: Journal
+    published: Published
+    store: Store
+    bundle_id: str
+    index: BundleIndex
+    opened: OpenBundle | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: Callable[[int], None] = lambda _n: None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("hydra_bundle.agent"))
+    scratch: dict[str, Any] = field(default_factory=dict)   # shared between steps of one run
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
+
+
+@dataclass(frozen=True)
+class StepDef:
+    name: str                                   # unique within a bundle, stable across restarts
+    run: Callable[[StepContext], str | None]
+
+
+Planner = Callable[["BundleIndex", "AgentConfig"], list[StepDef]]
+
+
+def _planners() -> list[Planner]:
+    """The pipeline, in order. Issue 4 adds its apply planner after ``push.plan`` here."""
+    from . import ingest, publish, push
+
+    return [ingest.plan, publish.plan, push.plan, *PLANNERS]
+
+
+PLANNERS: list[Planner] = []
+"""Extra planners appended after the built-in ones (``register``); used by later phases and tests."""
+
+
+def register(planner: Planner) -> None:
+    if planner not in PLANNERS:
+        PLANNERS.append(planner)
+
+
+def plan(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
+    out: list[StepDef] = []
+    seen: set[str] = set()
+    for planner in _planners():
+        for s in planner(index, config):
+            if s.name in seen:
+                raise ValueError(f"step name {s.name!r} planned twice")
+            seen.add(s.name)
+            out.append(s)
+    return out
+
+
+@dataclass
+class Outcome:
+    state: str                 # complete | failed | interrupted
+    step: str | None = None
+    detail: str | None = None
+
+
+def run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
+    """Run the pending steps of a bundle in order. VerifyError propagates (the caller quarantines)."""
+    j = ctx.journal
+    j.replan(ctx.bundle_id, [d.name for d in defs])
+    states = {s.name: s.state for s in j.steps(ctx.bundle_id)}
+    for d in defs:
+        if states.get(d.name) in (DONE, SKIPPED):
+            continue
+        if ctx.stop.is_set():
+            return Outcome("interrupted", d.name)
+        j.step_started(ctx.bundle_id, d.name)
+        ctx.log.info("step started", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
+                                                    "step": d.name}})
+        try:
+            detail = d.run(ctx)
+        except SkipStep as e:
+            j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None)
+            continue
+        except Interrupted:
+            j.step_finished(ctx.bundle_id, d.name, "pending", "interrupted (agent stopping)")
+            return Outcome("interrupted", d.name)
+        except VerifyError as e:
+            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, str(e))
+            raise
+        except (HydraError, OSError) as e:
+            msg = str(e) or type(e).__name__
+            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, msg)
+            j.set_state(ctx.bundle_id, FAILED, "step-failed", f"{d.name}: {msg}")
+            ctx.log.error("step failed", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
+                                                        "step": d.name, "error": msg}})
+            return Outcome(FAILED, d.name, msg)
+        j.step_finished(ctx.bundle_id, d.name, DONE, detail)
+        ctx.log.info("step done", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
+                                                 "step": d.name, "detail": detail}})
+    j.set_state(ctx.bundle_id, COMPLETE)
+    return Outcome(COMPLETE)

@@ -1,0 +1,108 @@
+"""The content store: one OCI image layout under ``state_dir/store`` shared by every bundle (dedup by digest).
+
+``blobs/sha256/<hex>`` only ever holds complete, verified content: a blob is written to ``tmp/`` (same
+filesystem), hashed while written, fsynced, checked against the signed index and only then renamed into
+place. ``index.json`` lists what is published (regenerated atomically by the publish step) with
+``org.opencontainers.image.ref.name`` annotations, so ``skopeo copy oci:STORE:REF`` works on it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..bundle.reader import BlobMember
+from ..digest import canonical_json, ensure_free_space, fsync_dir, hex_of
+from ..oci import mediatypes as mt
+
+OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.tmp = self.root / "tmp"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "oci-layout").exists():
+            self._atomic_write(self.root / "oci-layout", OCI_LAYOUT)
+        if not (self.root / "index.json").exists():
+            self.write_index([])
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / hex_of(digest)
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted writes (run at start, before any ingest)."""
+        n = 0
+        for p in self.tmp.iterdir():
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def ensure_space(self, needed: int, reserve: int, what: str) -> None:
+        ensure_free_space(self.root, needed, what, reserve=reserve)
+
+    def put_member(self, member: BlobMember, progress: Callable[[int], None] | None = None) -> bool:
+        """Copy one tar member in, hashing it once on the way. Returns False when the store already has it
+        (the member's bytes are then not read at all). Raises VerifyError on a digest mismatch; the temp
+        file is removed and nothing appears under the digest name."""
+        dest = self.path(member.digest)
+        if self.has(member.digest, member.size):
+            return False
+        tmp = self.tmp / f"{hex_of(member.digest)}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                def sink(chunk: memoryview) -> None:
+                    while chunk:
+                        n = out.write(chunk)
+                        chunk = chunk[n:]  # type: ignore[index]
+
+                member.read_into(sink, progress)
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return True
+
+    def sync(self) -> None:
+        """Make the renames of a batch of blobs durable."""
+        fsync_dir(self.blobs)
+
+    def remove(self, digests: Iterable[str]) -> None:
+        for d in digests:
+            self.path(d).unlink(missing_ok=True)
+        self.sync()
+
+    def write_index(self, manifests: list[dict[str, Any]]) -> None:
+        self._atomic_write(self.root / "index.json",
+                           canonical_json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}))
+
+    def read_index(self) -> dict[str, Any]:
+        return json.loads((self.root / "index.json").read_bytes())
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        tmp = self.tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+    def disk_usage(self) -> int:
+        return sum(e.stat().st_size for e in os.scandir(self.blobs) if e.is_file())
