@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "build": ["build_vs_skopeo.py"],
+    "agent": ["agent_serve.py"],
 }
 
 

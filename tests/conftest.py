@@ -86,3 +86,64 @@ def tmp_cache(tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
     cache.mkdir()
     return cache
+
+
+# ---- apply tests: a real kube-apiserver + etcd and a real MariaDB (tests/support/kube.py, mariadb.py) ----------
+
+def _skip_or_fail(msg: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def kube_binaries() -> tuple[Path, Path]:
+    """(kube-apiserver, etcd) from $KUBEBUILDER_ASSETS or the offline recipe's cache; skip (fail in CI) if none."""
+    from tests.support.kube import find_binaries
+
+    found = find_binaries()
+    if isinstance(found, str):
+        _skip_or_fail(found)
+    assert not isinstance(found, str)
+    return found
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(kube_binaries: tuple[Path, Path]) -> Iterator[object]:
+    """One kube-apiserver + etcd for the session (`.kubeconfig`); tests use unique names and bundle names."""
+    from tests.support.kube import KubeAPIServer
+
+    with KubeAPIServer(*kube_binaries) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[object]:
+    """A private MariaDB for the session (root without password on 127.0.0.1:`.port`)."""
+    from tests.support.mariadb import MariaDB, missing_binaries
+
+    why = missing_binaries()
+    if why:
+        _skip_or_fail(why)
+    with MariaDB() as db:
+        yield db
+
+
+@pytest.fixture
+def mariadb_factory() -> Iterator[Callable[..., object]]:
+    """Factory: `mariadb_factory(start=False)` → a MariaDB of this test (data dir ready, maybe not started)."""
+    from tests.support.mariadb import MariaDB, missing_binaries
+
+    why = missing_binaries()
+    if why:
+        _skip_or_fail(why)
+    made: list[MariaDB] = []
+
+    def make(start: bool = True) -> MariaDB:
+        db = MariaDB(start=start)
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        db.remove()

@@ -150,11 +150,14 @@ class _Handler(BaseHTTPRequestHandler):
         want = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         return self.headers.get("Authorization") == want
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Recorded before any byte of the answer is sent: a client that has read the whole response
+        # always finds its request in `requests` (recording after the body raced with fast clients).
+        self.owner._record(RequestRecord(self.command, _norm(self.path), self.headers.get("Range"), code))
+        super().send_response(code, message)
+
     def _serve(self, head: bool) -> None:
-        path = _norm(self.path)
-        range_header = self.headers.get("Range")
-        status = self._dispatch(path, head, range_header)
-        self.owner._record(RequestRecord(self.command, path, range_header, status))
+        self._dispatch(_norm(self.path), head, self.headers.get("Range"))
 
     def _dispatch(self, path: str, head: bool, range_header: str | None) -> int:
         if not self._authorized():

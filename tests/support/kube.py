@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -83,15 +84,20 @@ def _self_signed(key_path: Path, cert_path: Path) -> None:
 class KubeAPIServer:
     """etcd + kube-apiserver on free 127.0.0.1 ports in a private temp dir; ``kubeconfig`` points at it."""
 
-    def __init__(self, apiserver: Path, etcd: Path, *, startup_timeout: float = 90.0) -> None:
+    def __init__(self, apiserver: Path, etcd: Path, *, startup_timeout: float = 90.0, start: bool = True) -> None:
+        """With ``start=False`` only the certificates, ports and kubeconfig are prepared; ``start()`` later
+        (to test clients that come up before the API server)."""
         self.apiserver, self.etcd = apiserver, etcd
         self.dir = Path(tempfile.mkdtemp(prefix="hydra-kube-"))
         self.kubeconfig = self.dir / "kubeconfig"
         self.token = secrets.token_hex(16)
         self.port = 0
+        self.timeout = startup_timeout
         self._procs: list[subprocess.Popen[bytes]] = []
         try:
-            self._start(startup_timeout)
+            self._prepare()
+            if start:
+                self.start()
         except BaseException:
             self.stop()
             raise
@@ -116,7 +122,7 @@ class KubeAPIServer:
         self._procs.append(p)
         return p
 
-    def _start(self, timeout: float) -> None:
+    def _prepare(self) -> None:
         pki = self.dir / "pki"
         pki.mkdir()
         _self_signed(pki / "apiserver.key", pki / "apiserver.crt")
@@ -125,7 +131,24 @@ class KubeAPIServer:
                                                       serialization.PrivateFormat.TraditionalOpenSSL,
                                                       serialization.NoEncryption()))
         (pki / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
-        client, peer, self.port = free_port(), free_port(), free_port()
+        self.port = free_port()
+        self.kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: local\n  cluster:\n    server: \"{self.url}\"\n"
+            f"    certificate-authority: \"{self.ca_file}\"\n"
+            f"users:\n- name: admin\n  user: {{token: \"{self.token}\"}}\n"
+            "contexts:\n- name: local\n  context: {cluster: local, user: admin, namespace: default}\n"
+            "current-context: local\n")
+
+    @property
+    def running(self) -> bool:
+        return bool(self._procs) and all(p.poll() is None for p in self._procs)
+
+    def start(self) -> None:
+        """Start etcd + kube-apiserver and wait for /readyz."""
+        timeout = self.timeout
+        pki = self.dir / "pki"
+        client, peer = free_port(), free_port()
         self._spawn([str(self.etcd), "--name", "default", "--data-dir", str(self.dir / "etcd-data"),
                      "--listen-client-urls", f"http://127.0.0.1:{client}",
                      "--advertise-client-urls", f"http://127.0.0.1:{client}",
@@ -145,12 +168,6 @@ class KubeAPIServer:
         if _version(self.apiserver) < (1, 24):
             args.append("--insecure-port=0")  # removed in 1.24
         api = self._spawn(args, "apiserver.log")
-        self.kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: local\n  cluster: {{server: \"{self.url}\", certificate-authority: \"{self.ca_file}\"}}\n"
-            f"users:\n- name: admin\n  user: {{token: \"{self.token}\"}}\n"
-            "contexts:\n- name: local\n  context: {cluster: local, user: admin, namespace: default}\n"
-            "current-context: local\n")
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -158,7 +175,7 @@ class KubeAPIServer:
                 raise KubeError(f"kube-apiserver exited ({api.returncode}):\n{self.log_tail()}")
             try:
                 r = httpx.get(f"{self.url}/readyz", headers={"Authorization": f"Bearer {self.token}"},
-                              verify=str(self.ca_file), timeout=2)
+                              verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=2)
                 if r.status_code == 200:
                     return
                 last = f"/readyz -> {r.status_code}"

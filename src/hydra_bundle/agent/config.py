@@ -113,6 +113,7 @@ class AgentConfig(_Strict):
     files: Listen | None = Field(None, description="embedded HTTP file server (omit to disable)")
     metrics: Listen | None = Field(None, description="/metrics and /healthz (omit to disable)")
     push: Push | None = None
+    limits: Limits = Field(default_factory=Limits)
     allow_downgrade: bool = Field(False, description="accept a lower sequence than one already applied")
     poll_interval: float = Field(30.0, gt=0, description="seconds between rescans of the drop dir")
     settle_seconds: float = Field(5.0, ge=0, description="size and mtime must be unchanged this long")

@@ -29,10 +29,11 @@ SCHEMA_VERSION = 1
 # Bundle states (what `agent status` shows).
 RECEIVED = "received"        # signature verified, steps planned, nothing run yet
 RUNNING = "running"          # a step is running (or was, when the agent died: it resumes)
-FAILED = "failed"            # a step failed with a transient error; retried after retry_interval
+FAILED = "failed"            # a step failed; retried after retry_interval
+WAITING = "waiting"          # a step cannot finish yet (StepPending, e.g. an operator command); retried
 COMPLETE = "complete"        # every planned step is done or skipped
 QUARANTINED = "quarantined"  # refused: moved to state_dir/quarantine with a reason file
-ACTIVE_STATES = (RECEIVED, RUNNING, FAILED)
+ACTIVE_STATES = (RECEIVED, RUNNING, FAILED, WAITING)
 
 # Step states.
 PENDING, STEP_RUNNING, DONE, STEP_FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS bundles(
   id TEXT PRIMARY KEY, name TEXT, version TEXT, sequence INTEGER, state TEXT NOT NULL,
   verified INTEGER NOT NULL DEFAULT 0, source TEXT, signer TEXT, size INTEGER, created TEXT, expires TEXT,
   received_at REAL, updated_at REAL, completed_at REAL, reason TEXT, detail TEXT,
-  index_json BLOB, layout_index BLOB);
+  index_json BLOB);
 CREATE INDEX IF NOT EXISTS bundles_name ON bundles(name, sequence);
 CREATE TABLE IF NOT EXISTS steps(
   bundle_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
@@ -101,7 +102,6 @@ class BundleRow:
     reason: str | None
     detail: str | None
     index_json: bytes | None
-    layout_index: bytes | None
 
     def index(self) -> Any:
         from ..bundle.index import BundleIndex
@@ -125,8 +125,8 @@ class Database:
         self._local = threading.local()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn().executescript(_SCHEMA)  # executescript manages its own transaction
             with self.tx() as c:
-                c.executescript(_SCHEMA)
                 c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
 
     def conn(self) -> sqlite3.Connection:
@@ -185,8 +185,8 @@ class Journal:
         rows = self.db.query(sql + " ORDER BY received_at, id", args)
         return [BundleRow(**{k: r[k] for k in r.keys()}) for r in rows]  # noqa: SIM118
 
-    def admit(self, bundle_id: str, index: Any, index_bytes: bytes, layout_index: bytes, source: str,
-              signer: str | None, steps: list[str]) -> None:
+    def admit(self, bundle_id: str, index: Any, index_bytes: bytes, source: str, signer: str | None,
+              steps: list[str]) -> None:
         """Record a verified bundle and its step plan (a re-admitted bundle keeps its finished steps)."""
         now = time.time()
         with self.db.tx() as c:
@@ -195,12 +195,12 @@ class Journal:
                 c.execute("DELETE FROM steps WHERE bundle_id=?", (bundle_id,))
             c.execute(
                 """INSERT INTO bundles(id, name, version, sequence, state, verified, source, signer, size, created,
-                   expires, received_at, updated_at, index_json, layout_index) VALUES(?,?,?,?,?,1,?,?,?,?,?,?,?,?,?)
+                   expires, received_at, updated_at, index_json) VALUES(?,?,?,?,?,1,?,?,?,?,?,?,?,?)
                    ON CONFLICT(id) DO UPDATE SET state=excluded.state, verified=1, source=excluded.source,
                    signer=excluded.signer, updated_at=excluded.updated_at, reason=NULL, detail=NULL,
-                   index_json=excluded.index_json, layout_index=excluded.layout_index""",
+                   index_json=excluded.index_json""",
                 (bundle_id, index.name, index.version, index.sequence, RECEIVED, source, signer, index.total_size,
-                 index.created, index.expires, now, now, index_bytes, layout_index))
+                 index.created, index.expires, now, now, index_bytes))
             self._plan(c, bundle_id, steps)
             self._event(c, bundle_id, index.name, index.version, "received", f"from {source}, signed by {signer}")
 
@@ -227,7 +227,8 @@ class Journal:
 
     def record_refused(self, bundle_id: str, name: str | None, version: str | None, sequence: int | None,
                        verified: bool, source: str, reason: str, detail: str, index_bytes: bytes | None) -> None:
-        """A quarantined bundle: keep a row so `status` shows it (never overrides a complete bundle)."""
+        """A quarantined bundle: keep a row so `status` shows it. Never overrides a complete bundle, and a copy
+        whose signature failed never changes the record of a verified bundle with the same index bytes."""
         now = time.time()
         with self.db.tx() as c:
             row = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
@@ -237,7 +238,7 @@ class Journal:
                        updated_at, reason, detail, index_json) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)""",
                     (bundle_id, name, version, sequence, QUARANTINED, int(verified), source, now, now, reason,
                      detail, index_bytes if verified else None))
-            elif row["state"] != COMPLETE:
+            elif row["state"] != COMPLETE and verified:  # an unverified copy never changes a verified record
                 c.execute("UPDATE bundles SET state=?, reason=?, detail=?, updated_at=?, source=? WHERE id=?",
                           (QUARANTINED, reason, detail, now, source, bundle_id))
                 c.execute("UPDATE steps SET state=? WHERE bundle_id=? AND state IN (?,?)",

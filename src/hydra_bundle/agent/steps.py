@@ -13,6 +13,7 @@ concatenation of every planner's steps in :data:`PLANNERS` order::
 Runner rules (:func:`run_steps`): steps run in order; ``done``/``skipped`` steps are never run again; a step
 found ``running`` after a crash is run again, so every step must be idempotent (check, then act). A step
 returns a short detail string (shown by ``agent status``), raises :class:`SkipStep` to record ``skipped``,
+:class:`StepPending` to stay ``pending`` (bundle ``waiting``, retried after ``retry_interval``),
 raises :class:`~hydra_bundle.errors.VerifyError` to refuse the bundle (quarantine), and any other
 :class:`~hydra_bundle.errors.HydraError`/``OSError`` marks the step ``failed`` and the bundle ``failed``; it is
 retried after ``retry_interval``. When all steps are done or skipped the bundle is ``complete``.
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HydraError, VerifyError
-from .journal import COMPLETE, DONE, FAILED, SKIPPED, STEP_FAILED, Journal
+from .journal import COMPLETE, DONE, FAILED, PENDING, SKIPPED, STEP_FAILED, WAITING, Journal
 
 if TYPE_CHECKING:
     from ..bundle.index import BundleIndex
@@ -37,11 +38,16 @@ if TYPE_CHECKING:
     from .store import Store
 
 
-class SkipStep(Exception):  # noqa: N818 - a control-flow signal, not an error
+class SkipStep(Exception):
     """Raised by a step that has nothing to do for this bundle; ``str(e)`` is recorded as detail."""
 
 
-class Interrupted(Exception):  # noqa: N818
+class StepPending(Exception):
+    """Raised by a step that cannot finish yet (e.g. an operator must run a command shown in the detail): the
+    step stays ``pending`` with that detail, the bundle is ``waiting`` and the step is retried later."""
+
+
+class Interrupted(Exception):
     """The agent is stopping; the step stays pending and resumes on the next start."""
 
 
@@ -106,7 +112,7 @@ def plan(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
 
 @dataclass
 class Outcome:
-    state: str                 # complete | failed | interrupted
+    state: str                 # complete | failed | waiting | interrupted
     step: str | None = None
     detail: str | None = None
 
@@ -129,6 +135,10 @@ def run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
         except SkipStep as e:
             j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None)
             continue
+        except StepPending as e:
+            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None)
+            j.set_state(ctx.bundle_id, WAITING, "step-pending", f"{d.name}: {e}")
+            return Outcome(WAITING, d.name, str(e))
         except Interrupted:
             j.step_finished(ctx.bundle_id, d.name, "pending", "interrupted (agent stopping)")
             return Outcome("interrupted", d.name)

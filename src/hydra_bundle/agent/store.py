@@ -20,6 +20,8 @@ from ..digest import canonical_json, ensure_free_space, fsync_dir, hex_of
 from ..oci import mediatypes as mt
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+WRITEBACK_STEP = 8 << 20
+_SYNC_RANGE = hasattr(os, "sync_file_range")
 
 
 class Store:
@@ -66,13 +68,22 @@ class Store:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             with os.fdopen(fd, "wb", buffering=0) as out:
+                pos = kicked = 0
+
                 def sink(chunk: memoryview) -> None:
+                    nonlocal pos, kicked
                     while chunk:
                         n = out.write(chunk)
                         chunk = chunk[n:]  # type: ignore[index]
+                        pos += n
+                    if _SYNC_RANGE and pos - kicked >= WRITEBACK_STEP:
+                        # start writeback now so the disk works while we read and hash the next chunks;
+                        # the fsync below then has little left to wait for
+                        os.sync_file_range(fd, kicked, pos - kicked, os.SYNC_FILE_RANGE_WRITE)
+                        kicked = pos
 
                 member.read_into(sink, progress)
-                os.fsync(out.fileno())
+                os.fsync(fd)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -169,6 +169,8 @@ class SeedTable(_Strict):
             missing = [k for k in self.key if k not in row]
             if missing:
                 raise ValueError(f"rows[{i}] lacks key column(s) {', '.join(missing)}")
+            if any(isinstance(row[k], dict | list) for k in self.key):
+                raise ValueError(f"rows[{i}]: key columns must hold plain values, not JSON objects or lists")
             k = tuple(repr(row[c]) for c in self.key)
             if k in seen:
                 raise ValueError(f"rows[{i}] has the same key as rows[{seen[k]}]")

@@ -56,6 +56,7 @@ class BuildResult:
     downloaded: int
     cached: int
     seconds: float
+    signed: bool = False
 
     def summary(self) -> dict[str, Any]:
         c = self.index.components
@@ -66,7 +67,7 @@ class BuildResult:
             "images": len(c.images), "charts": len(c.charts), "manifests": len(c.manifests),
             "files": len(c.files), "models": len(c.models),
             "downloadedBytes": self.downloaded, "cachedBytes": self.cached,
-            "seconds": round(self.seconds, 3), "signed": self.index.specDigest != "" and self.out is not None,
+            "seconds": round(self.seconds, 3), "signed": self.signed,
         }
 
 
@@ -259,6 +260,7 @@ class Builder:
                 raise UsageError("a signing key is required (--key PREFIX.key), or pass --unsigned explicitly")
             key = load_private_key(self.opts.key_path)  # fail on a bad key before downloading anything
         created = source_date()
+        expiry(created, self.opts.expires or self.spec.metadata.expires)  # a bad --expires fails before downloading
         _, finished = self.resolve_and_fetch()
         index, layout = self.compose(finished, created)
         index_bytes = index.to_bytes()
@@ -266,12 +268,13 @@ class Builder:
         self.rep.stage("write", index.total_size)
         size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path, int(created.timestamp()),
                             self.rep.advance)
-        return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0)
+        return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0, sig is not None)
 
     def lock(self, path: Path) -> dict[str, Any]:
         ctx, _ = self.resolve_and_fetch(pin_only=True)
         data = {"apiVersion": "hydra-bundle/v1", "kind": "BundleLock",
-                "specDigest": sha256_bytes(self.spec._raw), **{k: ctx.lock_out[k] for k in sorted(ctx.lock_out)}}
+                "specDigest": sha256_bytes(self.spec._raw),
+                **{k: dict(sorted(ctx.lock_out[k].items())) for k in sorted(ctx.lock_out)}}  # resolved in parallel
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("# Written by `hydra-bundle lock`: every tag pinned to a digest, every file to a sha256.\n"
                        + yaml.safe_dump(data, sort_keys=False))

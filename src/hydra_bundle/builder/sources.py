@@ -48,10 +48,50 @@ def platform_matches(have: str, want: str) -> bool:
     return len(w) < 3 or (len(h) >= 3 and h[2] == w[2]) or (w[2] == "v8" and len(h) == 2 and h[1] == "arm64")
 
 
+RESUME_ATTEMPTS = 5
+
+
+class _Meter:
+    """Progress for one blob across resumed attempts: counts each byte of the blob once (totals never jump)."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.high, self.pos = progress, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.pos += n
+        if self.pos > self.high:
+            self.progress(self.pos - self.high)
+            self.high = self.pos
+
+
+def _resuming(ctx: Context, what: str, partial: Path, progress: Progress,
+              once: Callable[[Progress], tuple[str, int]]) -> tuple[str, int]:
+    """Run a download; when it is cut off after making progress, resume it (Range) up to RESUME_ATTEMPTS times."""
+    meter = _Meter(progress)
+    for attempt in range(1, RESUME_ATTEMPTS + 1):
+        before = partial.stat().st_size if partial.exists() else 0
+        meter.pos = 0
+        try:
+            return once(meter)
+        except DigestMismatch:
+            raise
+        except SourceError:
+            have = partial.stat().st_size if partial.exists() else 0
+            if attempt == RESUME_ATTEMPTS or have <= before:
+                raise
+            ctx.log(f"warning: {what}: interrupted after {have} bytes; resuming")
+    raise AssertionError("unreachable")
+
+
 def _registry_task(ctx: Context, ref: Reference, digest: str, size: int, media_type: str) -> BlobTask:
     def fetch(progress: Progress) -> tuple[str, int]:
-        ctx.client.fetch_blob(ref.registry, ref.repository, digest, size, ctx.cache.path(digest), progress)
-        return digest, size
+        dest = ctx.cache.path(digest)
+
+        def once(p: Progress) -> tuple[str, int]:
+            ctx.client.fetch_blob(ref.registry, ref.repository, digest, size, dest, p)
+            return digest, size
+
+        return _resuming(ctx, f"{ref.name}@{digest}", dest.with_name(dest.name + ".partial"), progress, once)
 
     return BlobTask(digest, digest, size, media_type, f"{ref.name}@{digest[:19]}", fetch)
 
@@ -77,7 +117,11 @@ def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, med
                 return NotFound(f"{what}: HTTP 404 not found")
             return SourceError(f"{what}: HTTP {resp.status_code}")
 
-        got, n = download(open_response, url, partial, size, digest, progress, fail)
+        if digest is None:
+            # unpinned: a partial left by an earlier run may be of different content; resume only within this run
+            partial.unlink(missing_ok=True)
+        got, n = _resuming(ctx, url, partial, progress,
+                           lambda p: download(open_response, url, partial, size, digest, p, fail))
         ctx.cache.adopt(partial, got)
         return got, n
 
@@ -265,8 +309,7 @@ class ChartSource:
     @property
     def ref_name(self) -> str:
         if self.spec.ref:
-            r = self.spec.oci_reference
-            return f"{r.name}:{self.spec.version}"
+            return str(self.spec.oci_reference)
         return f"charts/{self.spec.name}:{self.spec.version}"
 
     def resolve(self, ctx: Context) -> list[BlobTask]:
@@ -276,7 +319,15 @@ class ChartSource:
 
     def _resolve_oci(self, ctx: Context) -> list[BlobTask]:
         ref = self.spec.oci_reference
-        pinned = (ctx.locked or {}).get("charts", {}).get(self.spec.name) if ctx.locked is not None else None
+        pinned = None
+        if ctx.locked is not None:
+            pinned = ctx.locked.get("charts", {}).get(self.spec.name)
+            if pinned is None:
+                raise UsageError(f"charts: {self.spec.name} is not in the lock file; run `hydra-bundle lock`")
+            current = ctx.client.head_manifest(ref)
+            if current and current != pinned:
+                raise UsageError(f"charts: {self.spec.name} {self.spec.version} drifted: the lock pins {pinned}, "
+                                 f"{ref} now points at {current}; run `hydra-bundle lock` to accept the change")
         m = ctx.client.get_manifest(ref, pinned)
         body = m.json()
         if m.media_type != mt.OCI_MANIFEST or body.get("config", {}).get("mediaType") != mt.HELM_CONFIG:

@@ -122,6 +122,8 @@ class Entry:
 
 
 _ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
+# PAX records that only describe the member; anything else (comments, vendor keys) is data outside the index.
+_PAX_KEYS = {"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "hdrcharset"}
 
 
 def check_member_name(name: str) -> None:
@@ -168,6 +170,9 @@ class TarReader:
                 raise VerifyError("bad-member", f"{name}: {kind.get(ti.type, repr(ti.type))} members are not allowed")
             if ti.sparse is not None:
                 raise VerifyError("bad-member", f"{name}: sparse members are not allowed")
+            extra = sorted(set(ti.pax_headers) - _PAX_KEYS) or sorted(self.tf.pax_headers)
+            if extra:
+                raise VerifyError("bad-member", f"{name}: unexpected PAX header record {extra[0]!r}")
             if name in self.seen:
                 raise VerifyError("duplicate-member", f"{name} appears twice")
             self.seen.add(name)
@@ -195,7 +200,19 @@ class TarReader:
         data = os.pread(self.fd, e.size, e.offset)
         if len(data) != e.size:
             raise VerifyError("truncated", f"{e.name}: short read")
+        self._check_padding(e)
         return data
+
+    def _check_padding(self, e: Entry) -> None:
+        """The bytes between a member's data and the next header must be zero (no data outside the digests)."""
+        pad = -e.size % BLOCK
+        if not pad:
+            return
+        data = os.pread(self.fd, pad, e.offset + e.size)
+        if len(data) != pad:
+            raise VerifyError("truncated", f"{e.name}: file ends inside the member's block padding")
+        if data.count(0) != pad:
+            raise VerifyError("trailing-data", f"{e.name}: non-zero bytes in the block padding after its data")
 
     def read_into(self, e: Entry, sink: Callable[[memoryview], object] | None,
                   progress: Callable[[int], None] | None = None) -> str:
@@ -216,4 +233,5 @@ class TarReader:
             remaining -= n
             if progress:
                 progress(n)
+        self._check_padding(e)
         return "sha256:" + h.hexdigest()

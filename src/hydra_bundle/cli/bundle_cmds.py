@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..builder.build import BuildOptions, Builder, lock_path_for
+from ..builder.build import Builder, BuildOptions, lock_path_for
 from ..builder.cache import default_cache_dir
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
@@ -76,6 +76,8 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         raise UsageError("--key and --unsigned exclude each other")
     if not key_path and not unsigned:
         raise UsageError("a signing key is required: --key PREFIX.key (or --unsigned, explicitly)")
+    if out.is_dir() or not out.parent.is_dir():  # refuse before downloading anything
+        raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
     s = load_spec(spec)
     opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
                     **src)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .agent_cmds import agent_group
 from .bundle_cmds import build_cmd, inspect_cmd, keygen_cmd, lock_cmd, verify_cmd
 
 
@@ -16,6 +17,7 @@ def cli() -> None:
 
 for cmd in (keygen_cmd, build_cmd, lock_cmd, verify_cmd, inspect_cmd):
     cli.add_command(cmd)
+cli.add_command(agent_group)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..apply.deploy_spec import DeploySpec
 from ..errors import UsageError
 from ..oci.reference import Reference
 
@@ -149,7 +150,7 @@ class ChartSpec(_Strict):
     def oci_reference(self) -> Reference:
         assert self.ref
         r = Reference.parse(self.ref)
-        return Reference(r.registry, r.repository, self.version)
+        return Reference(r.registry, r.repository, self.version.replace("+", "_"))  # tags cannot hold '+' (helm)
 
 
 class _Sourced(_Strict):
@@ -242,7 +243,7 @@ class BundleSpec(_Strict):
     manifests: list[ManifestSpec] = []
     files: list[FileSpec] = []
     models: list[ModelSpec] = []
-    deploy: dict[str, Any] | None = None  # the agent's apply steps (issue 4 gives it a schema)
+    deploy: DeploySpec | None = None  # the agent's apply steps, in order (apply/deploy_spec.py)
 
     _path: Path | None = PrivateAttr(None)
     _raw: bytes = PrivateAttr(b"")
@@ -273,6 +274,8 @@ class BundleSpec(_Strict):
             if key in refs:
                 out.append((("images", i, "ref"), f"{img.ref!r} already listed as images[{refs[key]}]"))
             refs.setdefault(key, i)
+        if self.deploy is not None:
+            out += self.deploy.cross_checks(self)
         return out
 
     @property

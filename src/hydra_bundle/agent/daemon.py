@@ -1,0 +1,200 @@
+"""``agent run``: start the servers, tell systemd we are ready, then loop: watch → settle → pipeline.
+
+The loop thread runs one bundle at a time; the servers answer from their own threads meanwhile. A heartbeat
+thread sends ``WATCHDOG=1`` only while the loop (or a running step's progress) shows signs of life, so a hung
+agent is restarted by systemd. SIGTERM/SIGINT stop at the next blob boundary; the journal resumes there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import HydraError
+from .config import AgentConfig
+from .file_server import FileHandler
+from .httpbase import Server
+from .journal import ACTIVE_STATES, FAILED, WAITING, Database
+from .metrics import Metrics, MetricsHandler
+from .notify import Notifier
+from .pipeline import Pipeline, Result
+from .registry_server import RegistryHandler
+from .settle import Settler
+from .steps import Interrupted
+from .watch import Watcher, scan
+
+log = logging.getLogger("hydra_bundle.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, notifier: Notifier | None = None):
+        self.config = config
+        config.drop_dir.mkdir(parents=True, exist_ok=True)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.metrics = Metrics()
+        self.db = Database(config.journal_path)
+        self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result)
+        self.metrics.attach(self.db, config.store_dir)
+        self.notifier = notifier or Notifier()
+        self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
+        self.watcher = Watcher(config.drop_dir, self.settler, self.wake)
+        self.servers: list[Server] = []
+        self.alive = time.monotonic()
+        self.busy: str | None = None
+        self._lock_fd: int | None = None
+
+    # ---------------------------------------------------------------- hooks
+
+    def _progress(self, n: int) -> None:
+        self.alive = time.monotonic()
+        self.metrics.ingested.inc(n)
+        if self.stop.is_set():
+            raise Interrupted()
+
+    def _on_result(self, r: Result) -> None:
+        self.metrics.results.labels(r.state).inc()
+
+    def health(self) -> dict[str, Any]:
+        try:
+            rows = self.db.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state")
+        except Exception as e:
+            return {"ok": False, "error": str(e)}
+        return {"ok": not self.stop.is_set(), "bundles": {r["state"]: r["n"] for r in rows}, "busy": self.busy}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _single_instance(self) -> None:
+        fd = os.open(self.config.state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HydraError(f"another agent is running on {self.config.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def start_servers(self) -> None:
+        ctx = {"published": self.pipeline.published, "store": self.pipeline.store, "metrics": self.metrics,
+               "health": self.health}
+        for name, listen, handler in (("registry", self.config.registry, RegistryHandler),
+                                      ("files", self.config.files, FileHandler),
+                                      ("metrics", self.config.metrics, MetricsHandler)):
+            if listen is None:
+                continue
+            try:
+                srv = Server(name, listen.address, handler, self.metrics.observe, **ctx)
+            except OSError as e:
+                self.stop_servers()
+                hint = " (ports < 1024 need CAP_NET_BIND_SERVICE)" if e.errno == 13 else ""
+                raise HydraError(f"{name}: cannot listen on {listen.listen}: {e.strerror}{hint}") from None
+            srv.start()
+            self.servers.append(srv)
+            log.info("listening", extra={"kv": {"server": name, "address": listen.listen}})
+
+    def stop_servers(self) -> None:
+        for s in self.servers:
+            s.stop()
+        self.servers.clear()
+
+    def _heartbeat(self) -> None:
+        interval = self.notifier.watchdog_interval
+        period = max(0.5, (interval or 10.0) / 3)
+        while not self.stop.wait(period):
+            if interval is None or time.monotonic() - self.alive < interval:
+                self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        if self.busy:
+            return f"working: {self.busy}"
+        n = self.health().get("bundles", {})
+        return f"serving; {n.get('complete', 0)} complete, {n.get('quarantined', 0)} quarantined bundles"
+
+    def run(self) -> int:
+        self._single_instance()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_a: (self.stop.set(), self.wake.set()))
+        with self.pipeline.locked():
+            n = self.pipeline.journal.recover()
+            t = self.pipeline.store.clean_tmp()
+        if n or t:
+            log.info("recovered after an unclean stop", extra={"kv": {"steps_resumed": n, "temp_files_removed": t}})
+        self.start_servers()
+        self.watcher.start()
+        self.notifier.ready(self._status_line())
+        log.info("agent ready", extra={"kv": {"drop_dir": str(self.config.drop_dir),
+                                              "state_dir": str(self.config.state_dir), "pid": os.getpid()}})
+        hb = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        hb.start()
+        try:
+            self._resume(ACTIVE_STATES[:2])
+            self._loop()
+        finally:
+            self.notifier.stopping()
+            log.info("agent stopping")
+            self.stop.set()
+            self.watcher.stop()
+            self.stop_servers()
+            self.db.close()
+        return 0
+
+    def _resume(self, states: tuple[str, ...], older_than: float | None = None) -> None:
+        for row in self.pipeline.journal.bundles(states):
+            if self.stop.is_set():
+                return
+            if older_than is not None and (row.updated_at or 0) > older_than:
+                continue
+            self.busy = f"{row.name} {row.version}"
+            try:
+                self.pipeline.resume(row.id)
+            except Exception:
+                log.exception("resume failed", extra={"kv": {"bundle": row.name, "digest": row.id}})
+            finally:
+                self.busy = None
+
+    def _loop(self) -> None:
+        next_scan = 0.0
+        next_retry = time.monotonic() + self.config.retry_interval
+        while not self.stop.is_set():
+            now = time.monotonic()
+            self.alive = now
+            if now >= next_scan or self.wake.is_set():
+                self.wake.clear()
+                for path, verdict in self.settler.observe(scan(self.config.drop_dir)):
+                    if self.stop.is_set():
+                        break
+                    self._handle(path, verdict)
+                if now >= next_scan:
+                    next_scan = now + self.config.poll_interval
+            if now >= next_retry:
+                self._resume((FAILED, WAITING), older_than=time.time() - self.config.retry_interval)
+                next_retry = now + self.config.retry_interval
+            waits = [next_scan - time.monotonic(), next_retry - time.monotonic()]
+            pending = self.settler.next_check()
+            if pending is not None:
+                waits.append(pending)
+            self.wake.wait(max(0.05, min(waits)))
+
+    def _handle(self, path: Path, verdict: str) -> None:
+        self.busy = path.name
+        log.info("bundle file settled" if verdict == "ready" else "bundle file stable but incomplete",
+                 extra={"kv": {"file": str(path)}})
+        try:
+            res = self.pipeline.process_file(path)
+        except Exception:
+            log.exception("pipeline error", extra={"kv": {"file": str(path)}})
+            self.settler.retry(path, self.config.retry_interval)
+            return
+        finally:
+            self.busy = None
+        if res.state == "unsettled":
+            self.settler.retry(path)

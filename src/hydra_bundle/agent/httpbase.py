@@ -1,0 +1,150 @@
+"""Shared plumbing of the agent's HTTP servers: a threading server bound to exactly the configured address,
+JSON answers, and file bodies sent with ``sendfile`` (single ``Range`` → 206, unsatisfiable → 416)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+from collections.abc import Callable
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("hydra_bundle.agent")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+Observer = Callable[[str, str, int, int], None]  # (server, method, status, bytes sent)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, name: str, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 observe: Observer | None = None, **context: Any):
+        self.name = name
+        self.context = context
+        self.observe = observe or (lambda *_a: None)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, handler)
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                       name=f"{self.name}-server", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.shutdown()
+            self.thread.join(timeout=5)
+        self.server_close()
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
+    """A single byte range → (start, end inclusive); None = whole body; False = unsatisfiable."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or not (m.group(1) or m.group(2)):
+        return None  # multi-range or garbage: ignore Range, send everything (RFC 9110 allows it)
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        if m.group(2) and int(m.group(2)) < start:
+            return None
+    else:
+        n = int(m.group(2))
+        if n == 0:
+            return False
+        start, end = max(0, size - n), size - 1
+    if start >= size:
+        return False
+    return start, end
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "hydra-bundle-agent"
+    sent = 0
+    status = 0
+
+    @property
+    def srv(self) -> Server:
+        return self.server  # type: ignore[return-value]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.status = code
+        super().send_response(code, message)
+
+    def _observed(self) -> None:
+        self.srv.observe(self.srv.name, self.command, self.status, self.sent)
+        self.sent = 0
+
+    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+              content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+            self.sent += len(body)
+        self._observed()
+
+    def reply_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self.reply(status, json.dumps(obj).encode(), headers, "application/json")
+
+    def send_file(self, path: Path, size: int, headers: dict[str, str], content_type: str,
+                  mtime: float | None = None) -> None:
+        """Send ``path`` (whose verified size is ``size``), honouring a single Range."""
+        rng = parse_range(self.headers.get("Range"), size)
+        if rng is False:
+            self.reply(416, b"", {"Content-Range": f"bytes */{size}"})
+            return
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            self.reply(404, b"not found\n")
+            return
+        with f:
+            start, end = rng if rng else (0, size - 1)
+            length = end - start + 1 if size else 0
+            self.send_response(206 if rng else 200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(length))
+            self.send_header("Accept-Ranges", "bytes")
+            if mtime is not None:
+                self.send_header("Last-Modified", formatdate(mtime, usegmt=True))
+            if rng:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD" and length:
+                try:
+                    self.wfile.flush()
+                    self.sent += self.connection.sendfile(f, start, length)
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    self.close_connection = True
+        self._observed()
+
+    def method_not_allowed(self) -> None:
+        self.close_connection = True  # the request body (if any) is not read
+        self.reply(405, b"read-only\n", {"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = lambda self: self.method_not_allowed()

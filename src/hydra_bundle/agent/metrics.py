@@ -1,0 +1,72 @@
+"""Prometheus metrics (``/metrics``) and ``/healthz`` on ``metrics.listen``.
+
+Counters are updated by the pipeline and the servers; bundle-state gauges and store size are read from the
+journal and the store at scrape time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .httpbase import Handler
+from .journal import Database
+
+
+class _StateCollector:
+    def __init__(self, db: Database, store_dir: Any):
+        self.db = db
+        self.store_dir = store_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("hydra_agent_bundles", "Bundles known to the agent, by state", labels=["state"])
+        for r in self.db.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state"):
+            g.add_metric([r["state"]], r["n"])
+        yield g
+        s = GaugeMetricFamily("hydra_agent_published_blob_bytes", "Bytes of published blobs in the store")
+        row = self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM blobs")
+        s.add_metric([], row[0]["n"])
+        yield s
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.results = Counter("hydra_agent_bundle_results", "Pipeline results by outcome", ["outcome"],
+                               registry=self.registry)
+        self.ingested = Counter("hydra_agent_ingest_bytes", "Bytes read from bundle files into the store",
+                                registry=self.registry)
+        self.requests = Counter("hydra_agent_http_requests", "HTTP requests served", ["server", "method", "code"],
+                                registry=self.registry)
+        self.sent = Counter("hydra_agent_http_sent_bytes", "Body bytes sent", ["server"], registry=self.registry)
+
+    def attach(self, db: Database, store_dir: Any) -> None:
+        self.registry.register(_StateCollector(db, store_dir))  # type: ignore[arg-type]
+
+    def observe(self, server: str, method: str, status: int, sent: int) -> None:
+        self.requests.labels(server, method, str(status)).inc()
+        if sent:
+            self.sent.labels(server).inc(sent)
+
+
+class MetricsHandler(Handler):
+    server_version = "hydra-bundle-metrics"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            m: Metrics = self.srv.context["metrics"]
+            self.reply(200, generate_latest(m.registry), content_type=CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            health = self.srv.context["health"]()
+            self.reply(200 if health.get("ok") else 503, json.dumps(health).encode(),
+                       content_type="application/json")
+        else:
+            self.reply(404, b"not found\n")
+
+    do_HEAD = do_GET

@@ -1,0 +1,230 @@
+"""One bundle file through the agent: verify the signature first, admit or refuse, then run its steps.
+
+Order of checks, before anything is written to the store: signature against ``trusted_keys`` (and the
+index's own structure) → already complete? (no-op) → expired (freeze attack) → sequence lower than one
+already accepted for the same name (rollback attack, unless ``allow_downgrade``) → size limit. Then the
+steps run (ingest verifies every blob while copying). Any VerifyError ⇒ quarantine: the file moves to
+``state_dir/quarantine/`` with a reason file, blobs this run added and nothing else references are removed,
+nothing is published, and whatever was served before stays served.
+
+Only one pipeline runs at a time per state dir (``state_dir/pipeline.lock``), so ``agent ingest`` and the
+daemon can share a site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..bundle.reader import OpenBundle, open_bundle
+from ..digest import sha256_bytes
+from ..errors import VerifyError
+from .config import AgentConfig
+from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, Database, Journal
+from .published import Published
+from .quarantine import quarantine
+from .steps import StepContext, plan, run_steps
+from .store import Store
+
+log = logging.getLogger("hydra_bundle.agent")
+
+# Reasons that may just mean "the copy is not finished yet": re-check the file before quarantining.
+_MAYBE_UNSETTLED = {"truncated", "missing-member", "not-a-tar", "bad-layout", "digest-mismatch"}
+
+
+@dataclass
+class Result:
+    state: str                    # complete | quarantined | failed | waiting | interrupted | unsettled | duplicate
+    bundle: str | None = None     # bundle id (sha256 of the signed index)
+    name: str | None = None
+    version: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _sig(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class Pipeline:
+    def __init__(self, config: AgentConfig, db: Database | None = None, stop: threading.Event | None = None,
+                 progress: Callable[[int], None] | None = None, on_result: Callable[[Result], None] | None = None):
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = db or Database(config.journal_path)
+        self.journal = Journal(self.db)
+        self.published = Published(self.db)
+        self.store = Store(config.store_dir)
+        self.keys = config.public_keys()
+        self.stop = stop or threading.Event()
+        self.progress = progress or (lambda _n: None)
+        self.on_result = on_result or (lambda _r: None)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        fd = os.open(self.config.state_dir / "pipeline.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def in_drop_dir(self, path: Path) -> bool:
+        return path.resolve().parent == self.config.drop_dir.resolve()
+
+    # ---------------------------------------------------------------- entry points
+
+    def process_file(self, path: Path, force: bool = False) -> Result:
+        """Run one settled file through the pipeline. Without ``force`` a file already handled (same path,
+        size, mtime, inode) is skipped without being read."""
+        with self.locked():
+            res = self._process_file(Path(path), force)
+        self.on_result(res)
+        return res
+
+    def resume(self, bundle_id: str) -> Result:
+        """Continue an admitted bundle (after a restart or a failed step)."""
+        with self.locked():
+            row = self.journal.bundle(bundle_id)
+            if row is None or row.state in (COMPLETE, QUARANTINED):
+                return Result(row.state if row else "unknown", bundle_id)
+            steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
+            src = Path(row.source) if row.source else None
+            if steps.get("ingest") not in (DONE, SKIPPED) and src is not None and src.is_file():
+                res = self._process_file(src, force=True)
+            else:
+                res = self._run(bundle_id, row.index(), None, src)
+        self.on_result(res)
+        return res
+
+    # ---------------------------------------------------------------- internals
+
+    def _process_file(self, path: Path, force: bool) -> Result:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return Result("unsettled", detail=f"{path} disappeared")
+        if not force:
+            seen = self.journal.seen_drop(str(path), *_sig(st))
+            if seen is not None:
+                return Result("duplicate", seen[0], detail=f"already handled ({seen[1]})")
+        try:
+            ob = open_bundle(path, self.keys)  # the signature is checked before anything else is trusted
+        except VerifyError as e:
+            return self._refuse_unverified(path, st, e)
+        with ob:
+            bid = sha256_bytes(ob.index_bytes)
+            idx = ob.index
+            row = self.journal.bundle(bid)
+            if row is not None and row.state == COMPLETE:
+                self.journal.event(bid, idx.name, idx.version, "duplicate", f"{path}: already complete, nothing to do")
+                log.info("duplicate bundle", extra={"kv": {"bundle": idx.name, "version": idx.version,
+                                                           "file": str(path)}})
+                self._done_with_drop(path, st, bid, "duplicate")
+                return Result("duplicate", bid, idx.name, idx.version)
+            try:
+                self._admission_checks(ob, bid)
+            except VerifyError as e:
+                return self._refuse(path, st, ob, bid, e, [])
+            if row is None or row.state == QUARANTINED:
+                names = [d.name for d in plan(idx, self.config)]
+                self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
+                log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,
+                                                          "sequence": idx.sequence, "digest": bid, "file": str(path)}})
+            return self._run(bid, idx, ob, path, st)
+
+    def _admission_checks(self, ob: OpenBundle, bid: str) -> None:
+        idx = ob.index
+        if idx.expired():
+            raise VerifyError("expired", f"bundle expired at {idx.expires} (freeze attack protection)")
+        top = self.journal.max_sequence(idx.name, bid)
+        if top is not None and idx.sequence < top:
+            if not self.config.allow_downgrade:
+                raise VerifyError("downgrade", f"sequence {idx.sequence} is lower than {top} already accepted for "
+                                  f"{idx.name} (set allow_downgrade: true to accept a rollback)")
+            log.warning("downgrade allowed", extra={"kv": {"bundle": idx.name, "sequence": idx.sequence,
+                                                           "highest": top}})
+        limit = self.config.limits.max_bundle_bytes
+        if limit is not None and idx.total_size > limit:
+            raise VerifyError("too-large", f"content is {idx.total_size} bytes, limits.max_bundle_bytes is {limit}")
+
+    def _run(self, bid: str, idx: Any, ob: OpenBundle | None, path: Path | None,
+             st: os.stat_result | None = None) -> Result:
+        ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
+                          self.progress, log)
+        try:
+            out = run_steps(ctx, plan(idx, self.config))
+        except VerifyError as e:
+            if path is not None and st is not None and e.reason in _MAYBE_UNSETTLED:
+                try:
+                    changed = _sig(path.stat()) != _sig(st)
+                except FileNotFoundError:
+                    changed = True
+                if changed:  # still being written: not the bundle's fault, try again once it settles
+                    self.journal.set_state(bid, "received", "unsettled", "file changed while it was read")
+                    self.journal.replan(bid, [d.name for d in plan(idx, self.config)])
+                    return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
+            return self._refuse(path, st, ob, bid, e, ctx.scratch.get("added", []))
+        if out.state == COMPLETE and path is not None and st is not None:
+            self._done_with_drop(path, st, bid, COMPLETE)
+        elif path is not None and st is not None and out.state in ("failed", "waiting"):
+            self.journal.record_drop(str(path), *_sig(st), bid, "failed")
+        if out.state == COMPLETE:
+            log.info("bundle complete", extra={"kv": {"bundle": idx.name, "version": idx.version, "digest": bid}})
+        return Result(out.state, bid, idx.name, idx.version, None if out.state == COMPLETE else out.step,
+                      out.detail)
+
+    def _done_with_drop(self, path: Path, st: os.stat_result, bid: str, outcome: str) -> None:
+        if self.config.drops == "delete" and self.in_drop_dir(path):
+            path.unlink(missing_ok=True)
+            self.journal.forget_drop(str(path))
+        else:
+            self.journal.record_drop(str(path), *_sig(st), bid, outcome)
+
+    def _refuse_unverified(self, path: Path, st: os.stat_result, e: VerifyError) -> Result:
+        """The signature (or the index) did not check out: label the record from the unverified index."""
+        name = version = None
+        seq = None
+        index_bytes = None
+        try:
+            with open_bundle(path, None, require_signature=False) as ob:
+                name, version, seq, index_bytes = ob.index.name, ob.index.version, ob.index.sequence, ob.index_bytes
+        except Exception:
+            pass
+        label = index_bytes or f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()
+        bid = sha256_bytes(label)
+        return self._quarantine(path, bid, name, version, seq, False, e, index_bytes)
+
+    def _refuse(self, path: Path | None, st: os.stat_result | None, ob: OpenBundle | None, bid: str,
+                e: VerifyError, added: list[str]) -> Result:
+        if added:
+            keep = self.published.referenced_blobs()
+            self.store.remove([d for d in added if d not in keep])
+        row = self.journal.bundle(bid)
+        idx = ob.index if ob is not None else (row.index() if row and row.index_json else None)
+        return self._quarantine(path, bid, idx.name if idx else None, idx.version if idx else None,
+                                idx.sequence if idx else None, True, e, ob.index_bytes if ob else None)
+
+    def _quarantine(self, path: Path | None, bid: str, name: str | None, version: str | None, seq: int | None,
+                    verified: bool, e: VerifyError, index_bytes: bytes | None) -> Result:
+        info = {"digest": bid, "name": name, "version": version, "sequence": seq, "signatureVerified": verified}
+        reason_file = None
+        if path is not None:
+            reason_file = quarantine(self.config.quarantine_dir, path, self.in_drop_dir(path), e.reason, e.detail,
+                                     info)
+            self.journal.forget_drop(str(path))
+        self.journal.record_refused(bid, name, version, seq, verified, str(path), e.reason, e.detail, index_bytes)
+        log.warning("bundle quarantined", extra={"kv": {"bundle": name, "version": version, "reason": e.reason,
+                                                        "detail": e.detail, "file": str(path),
+                                                        "reason_file": str(reason_file)}})
+        return Result(QUARANTINED, bid, name, version, e.reason, e.detail)

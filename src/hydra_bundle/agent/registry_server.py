@@ -1,0 +1,113 @@
+"""The embedded registry: the read-only part of the OCI distribution API, straight from the content store.
+
+``/v2/``, ``/v2/_catalog``, ``/v2/<name>/tags/list``, manifests by tag or digest (GET/HEAD with the stored
+media type as ``Content-Type`` and ``Docker-Content-Digest``), blobs (GET/HEAD, a single ``Range`` → 206,
+bodies sent with ``sendfile``). Every write is answered 405 with the spec's ``UNSUPPORTED`` error. Only
+published content is served (``published.py``): a bundle being ingested or refused is invisible.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from .httpbase import Handler
+from .published import Published
+from .store import Store
+
+_MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
+_BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64})$")
+_TAGS = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+API = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+def _err(code: str, message: str, detail: object = None) -> dict[str, object]:
+    e: dict[str, object] = {"code": code, "message": message}
+    if detail is not None:
+        e["detail"] = detail
+    return {"errors": [e]}
+
+
+def _page(items: list[str], query: dict[str, list[str]]) -> tuple[list[str], bool]:
+    last = (query.get("last") or [""])[0]
+    if last:
+        items = [i for i in items if i > last]
+    n = (query.get("n") or [""])[0]
+    if n.isdigit():
+        k = int(n)
+        return items[:k], len(items) > k
+    return items, False
+
+
+class RegistryHandler(Handler):
+    server_version = "hydra-bundle-registry"
+
+    @property
+    def published(self) -> Published:
+        return self.srv.context["published"]  # type: ignore[no-any-return]
+
+    @property
+    def store(self) -> Store:
+        return self.srv.context["store"]  # type: ignore[no-any-return]
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def method_not_allowed(self) -> None:
+        self.close_connection = True
+        self.reply_json(405, _err("UNSUPPORTED", "this registry is read-only (hydra-bundle agent)"),
+                        {**API, "Allow": "GET, HEAD"})
+
+    def _route(self) -> None:
+        u = urlsplit(self.path)
+        path, query = u.path, parse_qs(u.query)
+        if path in ("/v2", "/v2/"):
+            self.reply_json(200, {}, API)
+        elif path == "/v2/_catalog":
+            repos, more = _page(self.published.repositories(), query)
+            link = {"Link": f'</v2/_catalog?last={repos[-1]}&n={query["n"][0]}>; rel="next"'} if more else {}
+            self.reply_json(200, {"repositories": repos}, {**API, **link})
+        elif m := _TAGS.match(path):
+            name = m["name"]
+            if not self.published.repo_exists(name):
+                self.reply_json(404, _err("NAME_UNKNOWN", "repository name not known to registry", {"name": name}),
+                                API)
+                return
+            tags, more = _page(self.published.tags(name), query)
+            link = ({"Link": f'</v2/{name}/tags/list?last={tags[-1]}&n={query["n"][0]}>; rel="next"'}
+                    if more else {})
+            self.reply_json(200, {"name": name, "tags": tags}, {**API, **link})
+        elif m := _MANIFEST.match(path):
+            self._manifest(m["name"], m["ref"])
+        elif m := _BLOB.match(path):
+            self._blob(m["name"], m["digest"])
+        elif path.startswith("/v2/"):
+            self.reply_json(404, _err("NAME_UNKNOWN", "not found"), API)
+        else:
+            self.reply(404, b"not found\n")
+
+    def _manifest(self, name: str, ref: str) -> None:
+        found = self.published.manifest(name, ref)
+        if found is None:
+            code = "MANIFEST_UNKNOWN" if self.published.repo_exists(name) else "NAME_UNKNOWN"
+            self.reply_json(404, _err(code, "manifest unknown", {"name": name, "reference": ref}), API)
+            return
+        digest, media = found
+        try:
+            data = self.store.path(digest).read_bytes()
+        except FileNotFoundError:
+            self.reply_json(404, _err("MANIFEST_UNKNOWN", "manifest missing from the store"), API)
+            return
+        self.reply(200, data, {**API, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'}, media)
+
+    def _blob(self, name: str, digest: str) -> None:
+        size = self.published.blob_size(digest)
+        if size is None or not self.published.repo_exists(name):
+            self.reply_json(404, _err("BLOB_UNKNOWN", "blob unknown to registry", {"digest": digest}), API)
+            return
+        self.send_file(self.store.path(digest), size,
+                       {**API, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
+                        "Cache-Control": "max-age=31536000, immutable"}, "application/octet-stream")
