@@ -49,6 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=1.6, help="image size (GB)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--pull-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+                    help="where skopeo writes (default /dev/shm: compare the servers, not the local disk)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hb-agent-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def main() -> None:
             for rnd in range(3):
                 for name, host in servers if rnd % 2 == 0 else servers[::-1]:
                     os.sync()  # no writeback left over from the previous pull
-                    out = work / f"pull-{name}"
+                    out = (args.pull_dir or work) / f"hb-bench-pull-{name}"
                     shutil.rmtree(out, ignore_errors=True)
                     r = run(["skopeo", "copy", "--quiet", "--preserve-digests", "--src-tls-verify=false",
                              f"docker://{host}/bench/big:v1", f"oci:{out}:v1"])
@@ -105,6 +107,13 @@ def main() -> None:
                     times[name].append(r.seconds)
                     rss[name] = r.max_rss_mb
                     shutil.rmtree(out)
+            # the servers alone: the largest layer to /dev/null with curl (no client-side hashing or writing)
+            big_layer = max(img.layers, key=lambda x: x[1])
+            raw: dict[str, list[float]] = {"agent": [], "docker-registry": []}
+            for rnd in range(3):
+                for name, host in servers if rnd % 2 == 0 else servers[::-1]:
+                    r = run(["curl", "-sf", "-o", "/dev/null", f"http://{host}/v2/bench/big/blobs/{big_layer[0]}"])
+                    raw[name].append(r.seconds)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
@@ -122,6 +131,9 @@ def main() -> None:
                                    "GBps": round(gbps(total, best["agent"]), 3)},
         "skopeo_pull_from_docker_registry": {"seconds": [round(t, 2) for t in times["docker-registry"]],
                                              "GBps": round(gbps(total, best["docker-registry"]), 3)},
+        "pull_dir": str(args.pull_dir or work),
+        "curl_blob_GBps": {k: round(big_layer[1] / min(v) / 1e9, 3) for k, v in raw.items()},
+        "curl_ratio_agent_vs_docker_registry": round(min(raw["docker-registry"]) / min(raw["agent"]), 2),
         "serve_ratio_agent_vs_docker_registry": round(best["docker-registry"] / best["agent"], 2),
     }
     if not args.workdir:

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from hydra_bundle.apply.base import ApplyError, BundleInfo, ProgressEvent, Runtime, StepResult, TransientError
+from hydra_bundle.apply.base import (
+    ApplyError,
+    BundleInfo,
+    Cancelled,
+    ProgressEvent,
+    Runtime,
+    StepResult,
+    TransientError,
+)
 from hydra_bundle.apply.deploy_spec import SiteConfig
 from hydra_bundle.apply.kube import Kube, mark_ours
 from hydra_bundle.apply.plan import ApplyPlan, build_plan
@@ -619,3 +627,65 @@ def test_interrupted_apply_converges_on_rerun(kube_apiserver: Any, kube: Kube, t
     assert res["manifests-m"].summary == "7 objects: 4 created, 3 unchanged"
     assert all(kube.get("v1", "ConfigMap", f"cm-{i}", "crash") is not None for i in range(6))
     assert yaml.safe_dump(res["manifests-m"].json())  # serialisable for the journal
+
+
+def test_cancel_stops_a_waiting_step_promptly(kube_apiserver: Any, tmp_path: Path) -> None:
+    site = make_site(kube_apiserver.kubeconfig)
+    dep = ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: never, namespace: default}\nspec:\n"
+           "  selector: {matchLabels: {app: never}}\n  template:\n    metadata: {labels: {app: never}}\n"
+           "    spec: {containers: [{name: c, image: ubuntu}]}\n")
+    plan = plan_for(tmp_path, site, {"never": dep}, [{"manifests": ["never"], "timeout": "5m"}], name="cancel")
+    rt = Runtime(site, plan.bundle, poll_interval=0.2)
+    threading.Timer(1.0, rt.cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        plan.steps[0].run(rt)
+    assert time.monotonic() - t0 < 10
+    rt.close()
+
+
+def test_crd_create_replace_fallback_keeps_our_labels(kube_apiserver: Any, kube: Kube, fixtures_dir: Path) -> None:
+    """The last-resort path for CRDs the server refuses under server-side apply even after stripping."""
+    crd = yaml.safe_load((fixtures_dir / "gateway-api-v1.2.1/standard/gateway.networking.k8s.io_gatewayclasses.yaml")
+                         .read_text())
+    crd["metadata"]["name"] = "fallbacks.example.hydra.io"
+    crd["spec"]["group"] = "example.hydra.io"
+    crd["spec"]["names"].update(plural="fallbacks", singular="fallback", kind="Fallback", listKind="FallbackList")
+    crd["spec"]["names"].pop("shortNames", None)
+    crd.pop("status", None)
+    res = kube.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+    created = kube._create_or_replace(res, mark_ours(crd, BundleInfo("fallback", "1")))
+    replaced = kube._create_or_replace(res, mark_ours(crd, BundleInfo("fallback", "2")))
+    assert created["metadata"]["labels"]["hydra-bundle.io/bundle"] == "fallback"
+    assert replaced["metadata"]["annotations"]["hydra-bundle.io/version"] == "2"
+    assert any(m["manager"] == "hydra-bundle" for m in replaced["metadata"]["managedFields"])
+
+
+def test_wait_for_reports_the_load_balancer_address(kube_apiserver: Any, kube: Kube, tmp_path: Path) -> None:
+    """What the operator needs for the runbook's `/etc/hosts` line once MetalLB assigns the gateway an address."""
+    site = make_site(kube_apiserver.kubeconfig)
+    svc = ("apiVersion: v1\nkind: Service\nmetadata: {name: gateway-istio, namespace: default}\n"
+           "spec: {type: LoadBalancer, selector: {app: gw}, ports: [{name: http, port: 80}]}\n")
+    plan = plan_for(tmp_path, site, {"svc": svc}, [
+        {"manifests": ["svc"]},
+        {"wait_for": [{"kind": "Service", "namespace": "default", "name": "gateway-istio"}], "timeout": "20s"}],
+        name="lb")
+    _when_exists(kube, "v1", "Service", "gateway-istio", "default", lambda o: _patch_status(
+        kube, "/api/v1/namespaces/default/services/gateway-istio/status",
+        {"loadBalancer": {"ingress": [{"ip": "10.64.24.211"}]}}), delay=1.0)
+    res = run_all(plan, site)["wait-for"]
+    assert res.summary == "1 ready; Service default/gateway-istio: 10.64.24.211"
+    assert res.outputs == {"Service default/gateway-istio": {"addresses": ["10.64.24.211"]}}
+
+
+def test_ports_without_protocol_apply(kube_apiserver: Any, kube: Kube, tmp_path: Path) -> None:
+    """Old servers refuse SSA of Service/container ports that omit `protocol` (part of the list's merge key)."""
+    site = make_site(kube_apiserver.kubeconfig)
+    text = ("apiVersion: v1\nkind: Service\nmetadata: {name: ports, namespace: default}\n"
+            "spec: {selector: {app: p}, ports: [{name: http, port: 80}]}\n---\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ports, namespace: default}\nspec:\n"
+            "  selector: {matchLabels: {app: p}}\n  template:\n    metadata: {labels: {app: p}}\n"
+            "    spec: {containers: [{name: c, image: ubuntu, ports: [{containerPort: 8080}]}]}\n")
+    plan = plan_for(tmp_path, site, {"ports": text}, [{"manifests": ["ports"], "wait": False}], name="ports")
+    assert run_all(plan, site)["manifests-ports"].summary == "2 objects: 2 created"
+    assert run_all(plan, site)["manifests-ports"].summary == "2 objects: 2 unchanged"

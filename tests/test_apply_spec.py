@@ -322,6 +322,16 @@ def test_mirror_config_is_valid_toml_per_upstream() -> None:
     assert crio["registry"][0]["mirror"] == [{"location": SITE, "insecure": True}]
 
 
+def test_site_mirror_files_for_a_bundle() -> None:
+    from hydra_bundle.apply.rewrite import CRIO_FILE, site_mirror_files
+
+    files = site_mirror_files(["release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu", "ubuntu:22.04",
+                               f"{SITE}/already/here:1"], SITE)
+    assert sorted(files) == sorted([CRIO_FILE, "/etc/containerd/certs.d/docker.io/hosts.toml",
+                                    "/etc/containerd/certs.d/release.daocloud.io/hosts.toml"])
+    assert 'prefix = "release.daocloud.io"' in files[CRIO_FILE]
+
+
 def test_chart_site_repository() -> None:
     assert chart_site_repository("oci://ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator", "x") == \
         "run-ai/fake-gpu-operator/fake-gpu-operator"

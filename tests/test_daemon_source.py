@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hydra_bundle.builder.build import BuildOptions, Builder
+from hydra_bundle.builder.build import Builder, BuildOptions
 from hydra_bundle.spec import load_spec
 from tests.support.images import make_image, push_image
 

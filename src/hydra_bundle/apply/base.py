@@ -9,7 +9,8 @@ Contract (what the agent's journal does with a step):
   or on a later ``agent apply`` converges to the same end state (server-side apply, select-then-upsert in one
   transaction, ``helm upgrade --install``).
 - Failures raise :class:`ApplyError`; :class:`TransientError` (a subclass) means "infrastructure not reachable
-  (API server, MySQL) within the step's timeout": the journal should retry the step later.
+  (API server, MySQL) within the step's timeout": the journal should retry the step later; :class:`Cancelled`
+  (a subclass) means ``Runtime.cancel`` was set while the step waited: run it again on the next start.
 - ``progress`` receives :class:`ProgressEvent` (message, done/total); it may raise to abort (the step stops
   between actions; nothing is left half-written that a re-run would not fix).
 """
@@ -37,6 +38,10 @@ class ApplyError(HydraError):
 
 class TransientError(ApplyError):
     """The API server or database was not reachable within the step's timeout; retry the step later."""
+
+
+class Cancelled(ApplyError):
+    """``Runtime.cancel`` was set (the agent is stopping); the step can simply be run again later."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,7 @@ class Runtime:
     # -- timing ---------------------------------------------------------------------------------------
     def sleep(self, seconds: float) -> None:
         if self.cancel.wait(seconds):
-            raise ApplyError("cancelled")
+            raise Cancelled("cancelled: the agent is stopping")
 
     def close(self) -> None:
         if self._kube is not None:

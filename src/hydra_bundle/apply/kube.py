@@ -193,6 +193,27 @@ def _transient(e: BaseException) -> bool:
     return isinstance(e, urllib3.exceptions.HTTPError | ConnectionError | socket.timeout | TimeoutError | OSError)
 
 
+def fill_list_keys(obj: dict[str, Any]) -> None:
+    """Set ``protocol: TCP`` (the API default) on Service ports and container ports that omit it: older servers
+    answer server-side apply with HTTP 500 "associative list with keys has an element that omits key field
+    protocol" because ``protocol`` is part of those lists' merge key."""
+    from .rewrite import CONTAINER_LISTS, pod_spec
+
+    def fill(ports: Any) -> None:
+        for p in ports if isinstance(ports, list) else []:
+            if isinstance(p, dict) and "protocol" not in p:
+                p["protocol"] = "TCP"
+
+    if obj.get("kind") == "Service" and api_group(str(obj.get("apiVersion", ""))) == "":
+        fill((obj.get("spec") or {}).get("ports"))
+    spec, _ = pod_spec(obj)
+    if spec is not None:
+        for lst in CONTAINER_LISTS:
+            for c in spec.get(lst) or []:
+                if isinstance(c, dict):
+                    fill(c.get("ports"))
+
+
 def _content(obj: dict[str, Any]) -> dict[str, Any]:
     """What an apply can change: everything but status and server bookkeeping."""
     out = {k: v for k, v in obj.items() if k != "status"}
@@ -335,6 +356,7 @@ class Kube:
         """Server-side apply one object (already marked as ours); CRDs fall back on old servers."""
         obj = self.normalize(copy.deepcopy(obj))
         obj.pop("status", None)  # status belongs to controllers (generated CRDs carry an empty one)
+        fill_list_keys(obj)
         key = key_of(obj)
         res = self.resource(obj["apiVersion"], obj["kind"])
         md = obj["metadata"]
@@ -423,24 +445,30 @@ class Kube:
         return after, notes
 
     def _create_or_replace(self, res: Any, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create, or replace at the current resourceVersion (retried on 409: controllers write status too)."""
         md = obj["metadata"]
         kw = {"field_manager": FIELD_MANAGER, **self._req_kwargs()}
-        try:
-            cur = self.call(f"get {md['name']}", lambda: self.dyn.get(res, name=md["name"], **self._req_kwargs()))
-        except ApiException as e:
-            if e.status != 404:
-                raise ApplyError(f"get {key_of(obj)}: {_status_message(e)}") from None
-            cur = None
-        try:
-            if cur is None:
-                out = self.call(f"create {md['name']}", lambda: self.dyn.create(res, body=obj, **kw))
-            else:
-                body = copy.deepcopy(obj)
-                body["metadata"]["resourceVersion"] = cur.metadata.resourceVersion
-                out = self.call(f"replace {md['name']}", lambda: self.dyn.replace(res, body=body, **kw))
-        except ApiException as e:
-            raise ApplyError(f"create/replace {key_of(obj)}: HTTP {e.status}: {_status_message(e)}") from None
-        return out.to_dict()
+        for attempt in range(5):
+            try:
+                cur = self.call(f"get {md['name']}", lambda: self.dyn.get(res, name=md["name"],
+                                                                          **self._req_kwargs()))
+            except ApiException as e:
+                if e.status != 404:
+                    raise ApplyError(f"get {key_of(obj)}: {_status_message(e)}") from None
+                cur = None
+            try:
+                if cur is None:
+                    out = self.call(f"create {md['name']}", lambda: self.dyn.create(res, body=obj, **kw))
+                else:
+                    body = copy.deepcopy(obj)
+                    body["metadata"]["resourceVersion"] = cur.metadata.resourceVersion
+                    out = self.call(f"replace {md['name']}", lambda body=body: self.dyn.replace(res, body=body, **kw))
+                return out.to_dict()
+            except ApiException as e:
+                if e.status == 409 and attempt < 4:
+                    continue
+                raise ApplyError(f"create/replace {key_of(obj)}: HTTP {e.status}: {_status_message(e)}") from None
+        raise AssertionError("unreachable")
 
     # -------------------------------------------------------------------------------- readiness
     def readiness(self, obj: dict[str, Any]) -> tuple[bool, str, dict[str, Any]]:
@@ -545,10 +573,10 @@ class Kube:
                 gvs.append(pv)
         for gv in gvs:
             path = "/api/v1" if gv == "v1" else f"/apis/{gv}"
-            try:
-                lst = self.call(f"discover {gv}", lambda path=path: self.dyn.request("get", path)).to_dict()
+            try:  # one attempt: an unavailable aggregated API (metrics-server down: 503) must not stall prune
+                lst = self.dyn.request("get", path, **self._req_kwargs()).to_dict()
             except ApiException:
-                continue  # an unavailable aggregated API: nothing of ours can live there
+                continue  # nothing of ours can live in an API that does not answer
             for r in lst.get("resources") or []:
                 verbs = set(r.get("verbs") or [])
                 if "/" in r["name"] or not {"list", "delete"} <= verbs:

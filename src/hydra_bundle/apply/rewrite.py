@@ -28,6 +28,8 @@ _POD_SPEC_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "CronJob": (("batch",), ("spec", "jobTemplate", "spec", "template", "spec")),
 }
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+CONTAINERD_DIR = "/etc/containerd/certs.d"
+CRIO_FILE = "/etc/containers/registries.conf.d/50-hydra-bundle.conf"
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def mirror_config(upstreams: Iterable[str], site_registry: str, scheme: str = "h
     for up in sorted(set(upstreams)):
         if up == site_registry.partition("/")[0]:
             continue
-        out[f"/etc/containerd/certs.d/{up}/hosts.toml"] = containerd_hosts_toml(up, site_registry, scheme,
+        out[f"{CONTAINERD_DIR}/{up}/hosts.toml"] = containerd_hosts_toml(up, site_registry, scheme,
                                                                                 skip_verify)
     return out
 
@@ -180,3 +182,13 @@ def chart_site_repository(source: str, name: str, prefix: str = "") -> str:
         return site_repository(Reference.parse(source), prefix)
     p = prefix.strip("/")
     return f"{p}/charts/{name}" if p else f"charts/{name}"
+
+
+def site_mirror_files(image_refs: Iterable[str], site_registry: str, scheme: str = "http",
+                      skip_verify: bool = False) -> dict[str, str]:
+    """Everything ``agent mirror-config`` prints for a bundle: one containerd ``hosts.toml`` per upstream registry
+    of its images, and the CRI-O/podman drop-in. Path → content."""
+    ups = upstream_registries(image_refs)
+    out = mirror_config(ups, site_registry, scheme, skip_verify)
+    out[CRIO_FILE] = crio_registries_conf(ups, site_registry, scheme, skip_verify)
+    return out

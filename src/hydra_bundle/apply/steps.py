@@ -289,6 +289,7 @@ class SqlStep(Step):
         if self.when != "always":
             k = rt.kube()
             k.deadline = Deadline(self.timeout)
+            k.sleep = rt.sleep
             why = self._skip_reason(rt)
             if why:
                 return StepResult("skipped", f"skipped: {why}")

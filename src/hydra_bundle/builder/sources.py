@@ -174,6 +174,7 @@ class ImageSource:
         self.manifests: list[Manifest] = []
         self.blob_types: dict[str, str] = {}
         self.kept: list[str] = []
+        self.kept_desc: list[dict[str, Any]] = []  # descriptors of the kept platform manifests
         self.top: Manifest | None = None
 
     def _pinned(self, ctx: Context) -> str | None:
@@ -212,10 +213,17 @@ class ImageSource:
                 child = ctx.client.get_manifest(self.ref, d["digest"])
                 self._keep(ctx, child)
                 self.kept.append(plat)
+                self.kept_desc.append(d)
                 tasks += self._image_blobs(ctx, child)
         elif top.media_type in mt.MANIFEST_TYPES:
             tasks += self._image_blobs(ctx, top)
-            self.kept.append(self._config_platform(ctx, top))
+            plat = self._config_platform(ctx, top)
+            self.kept.append(plat)
+            os_, _, arch = plat.partition("/")
+            arch, _, variant = arch.partition("/")
+            p = {"os": os_, "architecture": arch, **({"variant": variant} if variant else {})}
+            self.kept_desc.append({"mediaType": top.media_type, "digest": top.digest, "size": len(top.data),
+                                   "platform": p})
         else:
             raise SourceError(f"{self.spec.ref}: unsupported manifest type {top.media_type}")
         return tasks
@@ -259,10 +267,20 @@ class ImageSource:
         if ep.host != self.ref.registry and not (self.ref.registry == "docker.io"
                                                   and ep.host == "registry-1.docker.io"):
             src = f"{ep.host}/{ep.repo(self.ref.repository)}"
-        comp = ix.Image(ref=self.spec.ref, digest=self.top.digest, mediaType=self.top.media_type,
-                        platforms=self.kept, blobs=list(self.blob_types), source=src)
+        types = dict(self.blob_types)
         top = Descriptor(self.top.media_type, self.top.digest, len(self.top.data), _ref_ann(self.spec.ref, "image"))
-        return Finished(self.kind, comp, top, dict(self.blob_types))
+        layout_digest = None
+        if self.top.media_type in (mt.DOCKER_MANIFEST, mt.DOCKER_LIST):
+            # OCI tools (skopeo's oci-archive: transport) only look up OCI-typed entries of index.json. A small
+            # OCI index listing the kept Docker manifests names the image for them; the original manifest (and
+            # its digest, which is what the site serves and what signatures cover) stays as it is.
+            wrapper = canonical_json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": self.kept_desc})
+            layout_digest = ctx.cache.put_bytes(wrapper)
+            types[layout_digest] = mt.OCI_INDEX
+            top = Descriptor(mt.OCI_INDEX, layout_digest, len(wrapper), _ref_ann(self.spec.ref, "image"))
+        comp = ix.Image(ref=self.spec.ref, digest=self.top.digest, mediaType=self.top.media_type,
+                        platforms=self.kept, blobs=list(types), source=src, layoutDigest=layout_digest)
+        return Finished(self.kind, comp, top, types)
 
 
 def _fetch_small_blob(ctx: Context, ref: Reference, digest: str, size: int) -> bytes:

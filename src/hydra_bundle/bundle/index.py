@@ -61,6 +61,8 @@ class Component(_Model):
 class Image(Component):
     platforms: list[str] = []
     source: str | None = None  # where it was pulled from when a mirror or docker-daemon was used
+    # Docker-typed images only: the OCI index that names them in the layout's index.json (for OCI tools).
+    layoutDigest: str | None = None
 
 
 class Chart(Component):
