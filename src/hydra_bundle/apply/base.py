@@ -216,27 +216,6 @@ class Runtime:
             self._kube = None
 
 
-def retry(what: str, fn: Callable[[], Any], deadline: Deadline, rt: Runtime,
-          transient: tuple[type[BaseException], ...], progress: Callable[[str], None] | None = None,
-          first_delay: float = 0.5, max_delay: float = 10.0) -> Any:
-    """Call ``fn`` until it does not raise one of ``transient`` or the deadline passes (→ TransientError)."""
-    delay = first_delay
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except transient as e:
-            if deadline.expired or deadline.left < min(delay, 0.05):
-                raise TransientError(f"{what}: still failing after {attempt} attempts: {brief(e)}") from None
-            msg = f"{what}: {brief(e)}; retrying in {delay:.1f}s"
-            rt.log(msg)
-            if progress:
-                progress(msg)
-            rt.sleep(min(delay, deadline.left))
-            delay = min(delay * 2, max_delay)
-
-
 def brief(e: BaseException) -> str:
     """One line for an exception (urllib3/pymysql messages can be long)."""
     s = str(e).strip().splitlines()

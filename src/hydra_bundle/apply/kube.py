@@ -23,6 +23,7 @@ import re
 import shutil
 import socket
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from .base import ApplyError, BundleInfo, Deadline, TransientError, brief
 from .deploy_spec import SIMULATED_GPU_LABEL
+from .rewrite import CONTAINER_LISTS, api_group, pod_spec
 
 FIELD_MANAGER = "hydra-bundle"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -75,10 +77,6 @@ class ObjKey:
 
     def __str__(self) -> str:
         return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
-
-
-def api_group(api_version: str) -> str:
-    return api_version.rpartition("/")[0] if "/" in api_version else ""
 
 
 def key_of(obj: dict[str, Any]) -> ObjKey:
@@ -197,8 +195,6 @@ def fill_list_keys(obj: dict[str, Any]) -> None:
     """Set ``protocol: TCP`` (the API default) on Service ports and container ports that omit it: older servers
     answer server-side apply with HTTP 500 "associative list with keys has an element that omits key field
     protocol" because ``protocol`` is part of those lists' merge key."""
-    from .rewrite import CONTAINER_LISTS, pod_spec
-
     def fill(ports: Any) -> None:
         for p in ports if isinstance(ports, list) else []:
             if isinstance(p, dict) and "protocol" not in p:
@@ -242,6 +238,7 @@ class Kube:
         self.sleep: Callable[[float], None] = __import__("time").sleep
         self._dyn: dynamic.DynamicClient | None = None
         self._cache_dir = Path(tempfile.mkdtemp(prefix="hydra-kube-discovery-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._cache_dir), True)
         self._crd_strip = False       # learned: this server cannot take CEL fields under SSA
         self._version: tuple[int, int] | None = None
 
@@ -271,7 +268,7 @@ class Kube:
             self.api.close()
         except Exception:
             pass
-        shutil.rmtree(self._cache_dir, ignore_errors=True)
+        self._cleanup()
 
     # -------------------------------------------------------------------------------- plumbing
     def call(self, what: str, fn: Callable[[], T]) -> T:

@@ -23,7 +23,7 @@ from .base import (
 )
 from .deploy_spec import SqlSeed
 from .helm import HelmRelease, command_text, upgrade_install, write_values
-from .kube import CRD_KIND, Kube, ObjKey, key_of, mark_ours, sort_for_apply
+from .kube import CRD_KIND, Kube, ObjKey, key_of, sort_for_apply
 from .rewrite import ImageChange
 from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness
 
@@ -422,7 +422,3 @@ class PruneStep(KubeStep):
         deleted, kept = kube.prune(self.bundle.name, keep, lambda m: emit(m))
         return StepResult("done", f"{len(deleted)} deleted" + (f", {len(kept)} left for an operator" if kept else ""),
                           [f"deleted {d}" for d in deleted], kept)
-
-
-def marked(obj: dict[str, Any], bundle: BundleInfo) -> dict[str, Any]:
-    return mark_ours(obj, bundle)
