@@ -15,6 +15,7 @@ from ..digest import human_bytes
 from ..errors import UsageError, VerifyError
 from ..oci.client import parse_insecure, parse_mirrors
 from ..spec import load_spec
+from ..spec.buildvars import parse_sets
 from .common import emit_json, handle_errors, reporter
 
 _source_options = [
@@ -30,6 +31,8 @@ _source_options = [
                  help="Parallel downloads."),
     click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
                  help="CA bundle for HTTPS registries and servers."),
+    click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+                 help="Value of a build variable declared under `vars:` in the spec (repeatable)."),
     click.option("--quiet", "-q", is_flag=True, help="No progress output."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
 ]
@@ -78,7 +81,7 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         raise UsageError("a signing key is required: --key PREFIX.key (or --unsigned, explicitly)")
     if out.is_dir() or not out.parent.is_dir():  # refuse before downloading anything
         raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
-    s = load_spec(spec)
+    s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
                     **src)  # type: ignore[arg-type]
     rep = reporter(quiet, as_json)
@@ -104,7 +107,7 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
 @handle_errors
 def lock_cmd(spec: Path, lock_file: Path | None, quiet: bool, as_json: bool, **src: object) -> None:
     """Pin every tag to a digest and every file to a sha256 (build --locked then refuses drift)."""
-    s = load_spec(spec)
+    s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     path = lock_file or lock_path_for(spec)
     rep = reporter(quiet, as_json)
     try:

@@ -117,10 +117,12 @@ def validate(model: type[M], data: Any, pos: _Positions, fname: str, context: di
         raise SpecError(problems) from None
 
 
-def load_yaml_model(path: str | os.PathLike[str], model: type[M], context: dict[str, Any] | None = None) -> M:
+def load_yaml_model(path: str | os.PathLike[str], model: type[M], context: dict[str, Any] | None = None,
+                    transform: Any = None) -> M:
     """Load and validate a YAML file; every problem names ``file:line: field``.
 
-    A model may define ``cross_checks()`` returning ``[(loc, message)]`` for rules that span items."""
+    A model may define ``cross_checks()`` returning ``[(loc, message)]`` for rules that span items.
+    ``transform(data, line_of)`` may rewrite the parsed data before validation (build variables)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -129,6 +131,8 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M], context: dict[
     except UnicodeDecodeError:
         raise SpecError([f"{p}:1: not UTF-8 text"]) from None
     data, pos = parse_yaml(text, str(path))
+    if transform is not None:
+        data = transform(data, pos.line)
     obj = validate(model, data, pos, str(path), context)
     checks = getattr(obj, "cross_checks", None)
     if checks:
@@ -138,10 +142,23 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M], context: dict[
     return obj
 
 
-def load_spec(path: str | os.PathLike[str]) -> Any:
+def load_spec(path: str | os.PathLike[str], variables: dict[str, str] | None = None,
+              use_examples: bool = False) -> Any:
+    """Load a bundle spec. ``variables`` are ``--set`` build variables; with ``use_examples`` (lint) a
+    variable without a value takes its declared ``example``."""
+    from .buildvars import resolve
     from .model import BundleSpec
 
-    spec = load_yaml_model(path, BundleSpec, context={"base_dir": str(Path(path).resolve().parent)})
+    examples: list[str] = []
+
+    def transform(data: Any, line_of: Any) -> Any:
+        out, used = resolve(data, variables or {}, str(path), line_of, use_examples)
+        examples.extend(used)
+        return out
+
+    spec = load_yaml_model(path, BundleSpec, context={"base_dir": str(Path(path).resolve().parent)},
+                           transform=transform)
     spec._path = Path(path).resolve()
     spec._raw = Path(path).read_bytes()
+    spec._examples_used = examples
     return spec

@@ -233,6 +233,14 @@ class ModelSpec(_Strict):
         return self
 
 
+class BuildVar(_Strict):
+    """A build input only the operator knows (``--set NAME=VALUE``), used as ``${vars.NAME}``."""
+
+    description: str = ""
+    default: str | None = None
+    example: str | None = Field(None, description="what `lint` substitutes when no value is given")
+
+
 class BundleSpec(_Strict):
     apiVersion: Literal["hydra-bundle/v1"]
     kind: Literal["BundleSpec"]
@@ -244,9 +252,11 @@ class BundleSpec(_Strict):
     files: list[FileSpec] = []
     models: list[ModelSpec] = []
     deploy: DeploySpec | None = None  # the agent's apply steps, in order (apply/deploy_spec.py)
+    vars: dict[str, BuildVar] = {}
 
     _path: Path | None = PrivateAttr(None)
     _raw: bytes = PrivateAttr(b"")
+    _examples_used: list[str] = PrivateAttr(default_factory=list)
 
     @field_validator("platforms")
     @classmethod
