@@ -134,6 +134,8 @@ def load_yaml_model(path: str | os.PathLike[str], model: type[M], context: dict[
     if transform is not None:
         data = transform(data, pos.line)
     obj = validate(model, data, pos, str(path), context)
+    if hasattr(obj, "_lines"):
+        obj._lines = pos
     checks = getattr(obj, "cross_checks", None)
     if checks:
         problems = [f"{path}:{pos.line(loc)}: {fmt_loc(loc)}: {msg}" for loc, msg in checks()]

@@ -257,6 +257,7 @@ class BundleSpec(_Strict):
     _path: Path | None = PrivateAttr(None)
     _raw: bytes = PrivateAttr(b"")
     _examples_used: list[str] = PrivateAttr(default_factory=list)
+    _lines: Any = PrivateAttr(None)  # YAML positions, for tools that report on the spec (lint)
 
     @field_validator("platforms")
     @classmethod
