@@ -8,4 +8,5 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$HOME/.cache/hydra-bundle-envtest/k
   export KUBEBUILDER_ASSETS=$HOME/.cache/hydra-bundle-envtest
 fi
 .venv/bin/ruff check src tests bench
+.venv/bin/hydra-bundle lint bundle-spec.yaml --search "$HYDRA_BUNDLE_FIXTURES"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -287,11 +287,15 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
         for ref in dict.fromkeys(refs):
             need_image(ref, at(("charts", i)), f"chart {c.name} {c.version}")
 
+    unchecked = any("not checked" in n for n in rep.notes)
     for where, obj in objects:
         group = obj["apiVersion"].rpartition("/")[0] if "/" in obj["apiVersion"] else ""
         if (group, obj["kind"]) not in known_kinds:
-            rep.errors.append(f"{where}: {obj['kind']} ({obj['apiVersion']}) is neither built in nor defined by a "
-                              "CRD in this bundle")
+            msg = f"{where}: {obj['kind']} ({obj['apiVersion']}) is neither built in nor defined by a CRD in this bundle"
+            if unchecked:  # a CRD may hide in content we could not read offline
+                rep.warnings.append(msg + " (that was checked: see the notes for content not checked)")
+            else:
+                rep.errors.append(msg)
         for path, image in workload_images(obj):
             need_image(image, where, f"{obj['kind']}/{(obj.get('metadata') or {}).get('name')} {path}")
 
@@ -309,7 +313,7 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
                     elif not any(n.startswith(r.name + ":") for n in images):
                         rep.errors.append(f"{at(('deploy', 'steps', i, 'chart', 'image_values', path))}: "
                                           f"image_values {path}: no image of {r.name} in images (chart {version})")
-            if st.warmup and _DATASET_CRD not in known_kinds:
+            if st.warmup and _DATASET_CRD not in known_kinds and not unchecked:
                 rep.warnings.append(f"{at(('deploy', 'steps', i, 'warmup'))}: warmup needs the Dataset CRD "
                                     "(dataset.baizeai.io); it is not in this bundle's manifests or checked charts")
     if rep.site_vars:
