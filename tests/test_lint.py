@@ -51,13 +51,13 @@ def test_repo_spec_lints_clean_with_fixtures(fixtures_dir: Path) -> None:
 def test_forgotten_image_in_a_manifest_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "web.yaml").write_text(DEPLOYMENT)
     spec = write_spec(tmp_path, "images: [{ref: ghcr.io/acme/web:1.0}]\nmanifests: [{name: web, path: web.yaml}]\n")
-    code, out, err = run("lint", str(spec))
+    code, _, err = run("lint", str(spec))
     assert code == 1
     assert "web.yaml:1: Deployment/web spec.template.spec.initContainers[0].image: image busybox:1.36 is not " \
            "listed in images" in err
     assert "ghcr.io/acme/web" not in err  # the listed one is fine
-    spec.write_text(spec.read_text().replace("images: [{ref: ghcr.io/acme/web:1.0}]",
-                                             "images: [{ref: ghcr.io/acme/web:1.0}, {ref: docker.io/library/busybox:1.36}]"))
+    listed = "images: [{ref: ghcr.io/acme/web:1.0}, {ref: docker.io/library/busybox:1.36}]"
+    spec.write_text(spec.read_text().replace("images: [{ref: ghcr.io/acme/web:1.0}]", listed))
     assert run("lint", str(spec))[0] == 0
 
 

@@ -291,9 +291,10 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
     for where, obj in objects:
         group = obj["apiVersion"].rpartition("/")[0] if "/" in obj["apiVersion"] else ""
         if (group, obj["kind"]) not in known_kinds:
-            msg = f"{where}: {obj['kind']} ({obj['apiVersion']}) is neither built in nor defined by a CRD in this bundle"
+            msg = (f"{where}: {obj['kind']} ({obj['apiVersion']}) is neither built in nor defined by a CRD "
+                   "in this bundle")
             if unchecked:  # a CRD may hide in content we could not read offline
-                rep.warnings.append(msg + " (that was checked: see the notes for content not checked)")
+                rep.warnings.append(msg + " (among what was checked: see the notes for content not checked)")
             else:
                 rep.errors.append(msg)
         for path, image in workload_images(obj):
