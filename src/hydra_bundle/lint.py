@@ -272,7 +272,7 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
 
     # charts: images and CRDs they ship
     for i, c in enumerate(spec.charts):
-        data = content.chart(c.name, c.version, c.sha256)
+        data = content.chart(c.chart_name, c.version, c.sha256)
         if data is None:
             rep.notes.append(f"charts[{i}] {c.name} {c.version}: content not checked (not in the build cache or "
                              "--search dirs)")

@@ -371,9 +371,9 @@ class ChartSource:
             raise SourceError(f"charts: {index_url}: index larger than {MAX_CHART_INDEX} bytes")
         try:
             index = yaml.safe_load(resp.content)
-            entries = index["entries"][self.spec.name]
+            entries = index["entries"][self.spec.chart_name]
         except (yaml.YAMLError, KeyError, TypeError):
-            raise NotFound(f"charts: {self.spec.name} not in {index_url}") from None
+            raise NotFound(f"charts: {self.spec.chart_name} not in {index_url}") from None
         entry = next((e for e in entries if str(e.get("version")) == self.spec.version), None)
         if entry is None:
             versions = ", ".join(str(e.get("version")) for e in entries[:8])
@@ -418,14 +418,14 @@ class ChartSource:
         assert digest
         ctx.lock_out.setdefault("charts", {})[self.spec.name] = digest
         meta = _chart_metadata(ctx.cache.path(digest), f"chart {self.spec.name}")
-        if str(meta.get("version")) != self.spec.version or meta.get("name") != self.spec.name:
+        if str(meta.get("version")) != self.spec.version or meta.get("name") != self.spec.chart_name:
             raise SourceError(f"charts: {self.url} holds {meta.get('name')} {meta.get('version')}, "
-                              f"not {self.spec.name} {self.spec.version}")
+                              f"not {self.spec.chart_name} {self.spec.version}")
         cfg = canonical_json({k: meta[k] for k in _HELM_META_KEYS if k in meta})
         cfg_digest = ctx.cache.put_bytes(cfg)
         config = Descriptor(mt.HELM_CONFIG, cfg_digest, len(cfg))
         layer = Descriptor(mt.HELM_CHART, digest, size)
-        top, _ = _artifact(ctx, None, config, [layer], {mt.ANN_TITLE: self.spec.name,
+        top, _ = _artifact(ctx, None, config, [layer], {mt.ANN_TITLE: self.spec.chart_name,
                                                          mt.ANN_VERSION: self.spec.version})
         types = {top.digest: mt.OCI_MANIFEST, cfg_digest: mt.HELM_CONFIG, digest: mt.HELM_CHART}
         comp = ix.Chart(ref=self.ref_name, digest=top.digest, mediaType=mt.OCI_MANIFEST, blobs=list(types),

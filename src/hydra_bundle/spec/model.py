@@ -111,6 +111,8 @@ class ChartSpec(_Strict):
     version: str = Field(min_length=1)
     ref: str | None = Field(None, description="oci://registry/path/chart")
     repo: str | None = Field(None, description="classic Helm repository URL (serves index.yaml)")
+    chart: str | None = Field(None, description="the chart's name in `repo` when it differs from `name` "
+                                                "(istio's `base` as `istio-base`)")
     sha256: str | None = Field(None, description="pin of the chart .tgz")
     # how the agent installs it (issue 4 extends this)
     release: str | None = None
@@ -144,7 +146,13 @@ class ChartSpec(_Strict):
     def _one_source(self) -> ChartSpec:
         if (self.ref is None) == (self.repo is None):
             raise ValueError("give exactly one of 'ref' (oci://…) or 'repo' (https://… classic repository)")
+        if self.chart and self.ref:
+            raise ValueError("'chart' names a chart in a classic 'repo'; an oci:// ref already names it")
         return self
+
+    @property
+    def chart_name(self) -> str:
+        return self.chart or self.name
 
     @property
     def oci_reference(self) -> Reference:
