@@ -3,6 +3,8 @@ setup:
 	bash scripts/setup.sh
 test:
 	bash scripts/test.sh
+demo: setup
+	.venv/bin/python demo/run.py
 lint:
 	.venv/bin/ruff check src tests bench
 bench: setup

@@ -1,0 +1,1 @@
+"""The offline demo of the whole journey (``make demo``)."""

@@ -1,0 +1,290 @@
+"""``make demo``: the whole journey on one machine, offline.
+
+  internet stand-ins → hydra-bundle build (through --mirror) → "USB" copy into the agent's drop dir →
+  agent verifies, ingests, serves → applies to a local kube-apiserver and MariaDB (when available) →
+  final `agent status` and how to pull from the embedded registry. Everything runs in a temp dir and is
+  stopped and removed at the end (--keep leaves it for a look around).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from demo import internet  # noqa: E402
+from hydra_bundle.spec import load_spec  # noqa: E402
+
+HB = [sys.executable, "-m", "hydra_bundle.cli.main"]
+
+
+def say(msg: str) -> None:
+    print(f"\033[1m==> {msg}\033[0m" if sys.stdout.isatty() else f"==> {msg}", flush=True)
+
+
+def info(msg: str) -> None:
+    print(f"    {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hb(*args: str, check: bool = True, capture: bool = False, env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HB, *args], check=check, text=True, capture_output=capture,
+                          env={**os.environ, **(env or {})})
+
+
+def find_fixtures(arg: str | None) -> Path:
+    for cand in (arg, os.environ.get("HYDRA_BUNDLE_FIXTURES"), str(ROOT.parent / "shared" / "fixtures")):
+        if cand and Path(cand, "SOURCES.md").exists():
+            return Path(cand)
+    raise SystemExit("demo: the upstream fixtures (Gateway API CRDs, charts) were not found: set "
+                     "HYDRA_BUNDLE_FIXTURES=/path/to/shared/fixtures")
+
+
+def overlay_spec(work: Path, net: internet.Internet) -> Path:
+    """The repo's bundle-spec.yaml, with the model files' pins replaced by those of the generated stand-ins
+    (the real weights are 1.5 GB) — everything else is used exactly as written."""
+    data = yaml.safe_load((ROOT / "bundle-spec.yaml").read_text())
+    for m in data.get("models", []):
+        for f in m["files"]:
+            f["sha256"] = net.model_pins[f["path"]]
+            f.pop("size", None)
+            base = m["base_url"].split("://", 1)[1]
+            dest = net.root / base / f["path"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            assert net.model_dir is not None
+            shutil.copy(net.model_dir / f["path"], dest)
+    spec_dir = work / "spec"
+    shutil.copytree(ROOT / "manifests", spec_dir / "manifests")
+    path = spec_dir / "bundle-spec.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+class DatasetController(threading.Thread):
+    """Stands in for the BaizeAI dataset controller: for each Dataset it downloads the model from the URI
+    (with rclone's http backend when installed, as the real data loader does) and then reports READY."""
+
+    def __init__(self, kubeconfig: Path, work: Path):
+        super().__init__(daemon=True)
+        from kubernetes import client, config
+
+        self.api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
+        self.work = work
+        self.stop = threading.Event()
+        self.done: set[str] = set()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                items = self.api.list_namespaced_custom_object("dataset.baizeai.io", "v1alpha1", "public",
+                                                               "datasets")["items"]
+            except Exception:
+                continue
+            for ds in items:
+                name = ds["metadata"]["name"]
+                if name in self.done:
+                    continue
+                uri = ds["spec"]["source"]["uri"]
+                dest = self.work / "dataset" / name
+                if shutil.which("rclone"):
+                    ok = subprocess.run(["rclone", "copy", "--http-url", uri, ":http:", str(dest)],
+                                        capture_output=True).returncode == 0
+                else:
+                    import httpx
+
+                    ok = httpx.get(uri).status_code == 200
+                if not ok:
+                    continue
+                files = sorted(p.name for p in dest.iterdir()) if dest.exists() else []
+                info(f"dataset controller stand-in: {name} loaded {len(files)} files from {uri}")
+                self.api.patch_namespaced_custom_object_status(
+                    "dataset.baizeai.io", "v1alpha1", "public", "datasets", name,
+                    {"status": {"phase": "READY", "lastSucceedRound": 1}})
+                self.done.add(name)
+
+
+def start_site(work: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], list[Any], list[str]]:
+    """A local kube-apiserver and MariaDB when available. Returns (site config, things to stop, skipped)."""
+    from tests.support import kube, mariadb
+
+    site: dict[str, Any] = {}
+    stops: list[Any] = []
+    skipped: list[str] = []
+    bins = kube.find_binaries()
+    if isinstance(bins, str):
+        skipped.append(f"Kubernetes steps: {bins}")
+        return site, stops, skipped
+    api = kube.KubeAPIServer(*bins)
+    stops.append(api)
+    log(f"kube-apiserver {api.url} ({bins[0]})")
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(str(api.kubeconfig)))
+    for n in ("worker-1", "worker-2"):
+        core.create_node({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}})
+    log("nodes worker-1, worker-2 (no GPU: nothing advertises nvidia.com/gpu)")
+    site.update(kubeconfig=str(api.kubeconfig))
+    ctl = DatasetController(api.kubeconfig, work)
+    ctl.start()
+    stops.append(ctl)
+    if mariadb.missing_binaries() is None:
+        db = mariadb.MariaDB()
+        stops.append(db)
+        db.execute("CREATE DATABASE hydra CHARACTER SET utf8mb4")
+        db.execute("CREATE TABLE vendor (name VARCHAR(64) PRIMARY KEY, display_name JSON)", database="hydra")
+        db.create_user("hydra", "demo-pw", "hydra")
+        (work / "mysql.pw").write_text("demo-pw\n")
+        site["mysql"] = {"dsn": f"mysql://hydra@127.0.0.1:{db.port}/hydra", "password_file": str(work / "mysql.pw")}
+        log(f"MariaDB 127.0.0.1:{db.port}, database hydra, table vendor")
+    else:
+        skipped.append(f"MySQL step: {mariadb.missing_binaries()}")
+    return site, stops, skipped
+
+
+def stop_all(things: list[Any]) -> None:
+    for t in reversed(things):
+        try:
+            if isinstance(t, subprocess.Popen):
+                t.send_signal(signal.SIGTERM)
+                t.wait(20)
+            elif isinstance(t, threading.Thread):
+                t.stop.set()  # type: ignore[attr-defined]
+            else:
+                t.stop()
+        except Exception as e:
+            print(f"    (cleanup: {e})", file=sys.stderr)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--fixtures", default=None)
+    ap.add_argument("--keep", action="store_true", help="leave the temp dir (and print where)")
+    ap.add_argument("--timeout", type=float, default=300)
+    args = ap.parse_args()
+    for tool in ("docker-registry",):
+        if not shutil.which(tool):
+            raise SystemExit(f"demo: {tool} is missing: run `make setup` (or apt-get install docker-registry)")
+    fixtures = find_fixtures(args.fixtures)
+    work = Path(tempfile.mkdtemp(prefix="hydra-demo-"))
+    stops: list[Any] = []
+    try:
+        spec = load_spec(ROOT / "bundle-spec.yaml", use_examples=True)
+        say("1/6 starting stand-ins for the internet")
+        net = internet.start(spec, fixtures, work, info)
+        stops.append(net)
+
+        say("2/6 hydra-bundle build (through --mirror, as behind a proxy cache)")
+        spec_path = overlay_spec(work, net)
+        info("model weights: generated stand-ins (the real qwen3-0.6b files are 1.5 GB; their pins are in "
+             "bundle-spec.yaml)")
+        hb("keygen", str(work / "release"))
+        mirrors = [a for m in net.mirrors for a in ("--mirror", m)]
+        sets = [a for k, v in net.sets.items() for a in ("--set", f"{k}={v}")]
+        bundle = work / "hydra-ws-1.0.0.tar"
+        hb("build", str(spec_path), "-o", str(bundle), "--key", str(work / "release.key"), "--cache-dir",
+           str(work / "cache"), "--insecure-registry", net.registry.host, *mirrors, *sets)
+        hb("verify", str(bundle), "--pub", str(work / "release.pub"))
+
+        say("3/6 carrying the bundle to the site (copy as .part, then rename: the USB convention)")
+        drop, state = work / "site" / "drop", work / "site" / "state"
+        drop.mkdir(parents=True)
+        shutil.copy(bundle, drop / (bundle.name + ".part"))
+        os.replace(drop / (bundle.name + ".part"), drop / bundle.name)
+        info(f"{drop / bundle.name}")
+
+        say("4/6 starting the site: kube-apiserver, MariaDB (when installed)")
+        site, site_stops, skipped = start_site(work, info)
+        stops += site_stops
+        for s in skipped:
+            info(f"skipped: {s}")
+
+        say("5/6 starting the agent")
+        reg_port, files_port = free_port(), free_port()
+        cfg: dict[str, Any] = {
+            "drop_dir": str(drop), "state_dir": str(state), "trusted_keys": [str(work / "release.pub")],
+            "registry": {"listen": f"127.0.0.1:{reg_port}"}, "files": {"listen": f"127.0.0.1:{files_port}"},
+            "poll_interval": 2, "settle_seconds": 1, "retry_interval": 5,
+        }
+        if site.get("kubeconfig"):
+            cfg["site"] = {"cluster_name": "demo", "domain": "cn-sh-a1", "registry": f"127.0.0.1:{reg_port}",
+                           "file_server": f"http://127.0.0.1:{files_port}",
+                           "metallb": {"addresses": ["192.0.2.240/28"]}, "timeout": "2m",
+                           "vars": {"nfs_server": "192.0.2.10", "nfs_share": "/exports/hydra"}, **site}
+        cfg_path = work / "agent.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        agent = subprocess.Popen([*HB, "agent", "run", "--config", str(cfg_path)],
+                                 stdout=subprocess.DEVNULL, stderr=open(work / "agent.log", "w"))  # noqa: SIM115
+        stops.append(agent)
+        info(f"registry http://127.0.0.1:{reg_port}  files http://127.0.0.1:{files_port}  log {work / 'agent.log'}")
+
+        say("6/6 waiting for the agent: verify → ingest → publish → apply")
+        deadline = time.monotonic() + args.timeout
+        last = ""
+        state_now = ""
+        while time.monotonic() < deadline:
+            if agent.poll() is not None:
+                tail = (work / "agent.log").read_text(errors="replace").splitlines()[-15:]
+                raise SystemExit(f"demo: the agent exited ({agent.returncode}):\n" + "\n".join(tail))
+            out = hb("agent", "status", "--json", "--config", str(cfg_path), capture=True, check=False).stdout
+            bundles = json.loads(out or '{"bundles": []}')["bundles"]
+            if bundles:
+                b = bundles[0]
+                state_now = b["state"]
+                running = [s for s in b["steps"] if s["state"] in ("running", "failed")]
+                line = f"{state_now}: " + (", ".join(f"{s['name']} {s['state']}" for s in running) or "…")
+                if line != last:
+                    info(line)
+                    last = line
+                if state_now in ("complete", "waiting", "quarantined"):
+                    break
+            time.sleep(1)
+        print()
+        hb("agent", "status", "--config", str(cfg_path), check=False)
+        print()
+        ref = f"127.0.0.1:{reg_port}/hydra/vllm-openai:0.8.5.dev940-cpu"
+        if shutil.which("skopeo"):
+            p = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
+                               text=True)
+            digest = json.loads(p.stdout)["Digest"] if p.returncode == 0 else p.stderr.strip()
+            info(f"skopeo inspect docker://{ref} → {digest}")
+        info(f"pull from the embedded registry: skopeo copy --src-tls-verify=false docker://{ref} oci:/tmp/vllm:cpu")
+        info("containerd on the nodes: hydra-bundle agent mirror-config --config AGENT.yaml (hosts.toml snippets)")
+        info(f"model files: rclone copy --http-url http://127.0.0.1:{files_port}/model/qwen3-0.6b/ :http: /tmp/m")
+        if args.keep:
+            info(f"kept: {work} (the servers are stopped)")
+        ok = state_now in ("complete", "waiting")
+        say("demo finished: " + ("the bundle is on the site" if ok else f"the bundle ended {state_now or 'unseen'}"))
+        return 0 if ok else 1
+    finally:
+        stop_all(stops)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"demo: `hydra-bundle {' '.join(e.cmd[3:5])} …` failed (exit {e.returncode}); see its message above")
