@@ -6,6 +6,6 @@ test:
 demo: setup
 	.venv/bin/python demo/run.py
 lint:
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests bench demo
 bench: setup
 	.venv/bin/python bench/run.py

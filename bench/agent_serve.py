@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 import yaml
-from tests.support.images import push_random_image
-from tests.support.registry import Registry, free_port
 
 from bench.common import gbps, machine, python_sha256_rate, run, save
+from tests.support.images import push_random_image
+from tests.support.registry import Registry, free_port
 
 MB = 1_000_000
 

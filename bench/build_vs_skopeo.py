@@ -16,10 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import du, gbps, machine, python_sha256_rate, run, save, sha256sum_rate
 from tests.support.images import push_random_image
 from tests.support.registry import Registry
-
-from bench.common import du, gbps, machine, python_sha256_rate, run, save, sha256sum_rate
 
 MB = 1_000_000
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from hydra_bundle.oci.reference import Reference
+from hydra_bundle.spec.model import BundleSpec
 from tests.support.chartrepo import make_chart, write_index
 from tests.support.httpserver import FileServer
 from tests.support.images import make_image, push_helm_chart, push_image
 from tests.support.registry import Registry
-
-from hydra_bundle.oci.reference import Reference
-from hydra_bundle.spec.model import BundleSpec
 
 # The two qwen3-0.6b files whose exact text is known (shared/fixtures/notes/qwen3-0.6b-files.md): their
 # sha256 match the real pins. The other files are generated stand-ins (the weights are 1.5 GB).

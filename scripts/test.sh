@@ -7,6 +7,6 @@ export HYDRA_BUNDLE_FIXTURES=${HYDRA_BUNDLE_FIXTURES:-$(cd .. && pwd)/shared/fix
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$HOME/.cache/hydra-bundle-envtest/kube-apiserver" ]; then
   export KUBEBUILDER_ASSETS=$HOME/.cache/hydra-bundle-envtest
 fi
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench demo
 .venv/bin/hydra-bundle lint bundle-spec.yaml --search "$HYDRA_BUNDLE_FIXTURES"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
