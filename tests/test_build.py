@@ -569,6 +569,28 @@ def test_rebuild_downloads_nothing(registry: Registry, tmp_path: Path, fixtures_
     assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "2.tar").read_bytes()
 
 
+def test_damaged_cache_blob_is_found_removed_and_refetched(registry: Registry, tmp_path: Path) -> None:
+    """The cache is not fsynced (one disk write per byte per build): blobs from an earlier run are re-hashed
+    while they are copied into the bundle, so a damaged entry never reaches a bundle."""
+    img = make_image([5000, 3000], 71)
+    repo = _repo("cached")
+    push_image(registry.host, repo, "1", img)
+    spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{registry.host}/{repo}:1"}])
+    cache = tmp_path / "cache"
+    build(spec, tmp_path / "1.tar", cache, hosts=[registry.host])
+    damaged = cache / "blobs/sha256" / img.layer_digests[0].removeprefix("sha256:")
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0xFF
+    damaged.write_bytes(bytes(data))  # what a crash before writeback can leave behind
+
+    build(spec, tmp_path / "2.tar", cache, hosts=[registry.host], expect=1)
+    assert "damaged blob" in _last_error() and img.layer_digests[0] in _last_error()
+    assert not damaged.exists()
+    third = build(spec, tmp_path / "3.tar", cache, hosts=[registry.host])
+    assert third["downloadedBytes"] == len(img.layers[0])  # only the damaged one came again
+    assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "3.tar").read_bytes()
+
+
 def test_reproducible(registry: Registry, tmp_path: Path, fixtures_dir: Path,
                       file_server: FileServerFactory) -> None:
     srv, served = _serve_mixed(tmp_path, fixtures_dir, file_server)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,8 +62,7 @@ def download(open_response: Callable[[dict[str, str]], httpx.Response], what: st
                         raise SourceError(f"{what}: more data than the declared {size} bytes")
                     if progress:
                         progress(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
+            out.flush()  # no fsync: the cache is a cache (see builder/cache.py)
     except httpx.HTTPError as e:
         raise SourceError(f"{what}: download interrupted after {have} bytes ({e}); run again to resume") from None
     finally:

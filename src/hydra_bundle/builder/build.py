@@ -20,7 +20,7 @@ from ..bundle import index as ix
 from ..bundle.sign import load_private_key, sign
 from ..bundle.writer import write_bundle
 from ..digest import canonical_json, ensure_free_space, sha256_bytes
-from ..errors import UsageError
+from ..errors import DigestMismatch, SourceError, UsageError
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
 from ..progress import QuietReporter, Reporter
@@ -211,6 +211,7 @@ class Builder:
             lock = self.cache.lock(t.key)
             with lock:
                 t.result = t.fetch(progress)
+            self.cache.written.add(t.result[0])
             self.downloaded += t.result[1]
 
         todo.sort(key=lambda t: -(t.size or 0))  # big first: best parallel finish
@@ -266,8 +267,13 @@ class Builder:
         index_bytes = index.to_bytes()
         sig = sign(key, index_bytes) if key is not None else None
         self.rep.stage("write", index.total_size)
-        size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path, int(created.timestamp()),
-                            self.rep.advance)
+        try:
+            size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path, int(created.timestamp()),
+                                self.rep.advance, verify=lambda d: d not in self.cache.written)
+        except DigestMismatch as e:
+            self.cache.discard(e.expected)
+            raise SourceError(f"the build cache held a damaged blob ({e}); it was removed: run the build again "
+                              "to download it") from None
         return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0, sig is not None)
 
     def lock(self, path: Path) -> dict[str, Any]:

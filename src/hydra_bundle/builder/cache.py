@@ -1,7 +1,12 @@
 """Content-addressed blob cache (``~/.cache/hydra-bundle``): a rebuild downloads nothing it already has.
 
 ``blobs/sha256/<hex>`` holds verified content only; downloads land in ``<hex>.partial`` beside it and are
-renamed into place after their digest checks out, so a crash never leaves a wrong blob under a digest name.
+renamed into place after their digest checks out.
+
+Cache writes are not fsynced (that would write every byte to disk twice per build: cache, then bundle).
+A crash can therefore leave a damaged file under a digest name; the builder re-hashes every cache blob it
+did not write in the current run while copying it into the bundle (``written`` tracks this run's blobs), so
+each byte is still hashed once per build and a damaged cache entry is found, removed and reported.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class BlobCache:
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, threading.Lock] = {}
+        self.written: set[str] = set()  # digests written (and verified) by this process
         self._guard = threading.Lock()
 
     def path(self, digest: str) -> Path:
@@ -51,10 +57,11 @@ class BlobCache:
         if digest and got != digest:
             raise DigestMismatch("blob", digest, got)
         p = self.path(got)
-        if not p.exists():
+        if got not in self.written:
             tmp = p.with_name(p.name + f".{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, p)
+            self.written.add(got)
         return got
 
     def put_file(self, src: Path, digest: str | None, what: str,
@@ -72,17 +79,22 @@ class BlobCache:
                 size += n
                 if progress:
                     progress(n)
-            out.flush()
-            os.fsync(out.fileno())
         got = "sha256:" + h.hexdigest()
         if digest and got != digest:
             tmp.unlink()
             raise DigestMismatch(what, digest, got)
         os.replace(tmp, self.path(got))
+        self.written.add(got)
         return got, size
 
     def adopt(self, tmp: Path, digest: str) -> None:
         os.replace(tmp, self.path(digest))
+        self.written.add(digest)
+
+    def discard(self, digest: str) -> None:
+        """Remove a damaged entry (found while re-hashing it)."""
+        self.path(digest).unlink(missing_ok=True)
+        self.written.discard(digest)
 
     def prune(self) -> int:
         n = 0

@@ -67,12 +67,19 @@ class TarWriter:
         if self.progress:
             self.progress(len(data))
 
-    def add_file(self, name: str, path: str | os.PathLike[str], size: int, offset: int = 0) -> None:
-        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments)."""
+    def add_file(self, name: str, path: str | os.PathLike[str], size: int, offset: int = 0,
+                 verify: str | None = None) -> None:
+        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments).
+
+        With ``verify`` (a sha256 digest) the bytes are hashed on the way through and a mismatch raises
+        DigestMismatch; otherwise they are copied in the kernel."""
         self._header(name, size)
         self.out.flush()
         with open(path, "rb") as src:
-            copy_range(src.fileno(), self.out.fileno(), offset, size, self.progress)
+            if verify is None:
+                copy_range(src.fileno(), self.out.fileno(), offset, size, self.progress)
+            else:
+                _copy_hashed(src.fileno(), self.out.fileno(), offset, size, verify, str(path), self.progress)
         self.offset += size
         self._pad(size)
 
@@ -108,6 +115,31 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, size: int,
         remaining -= n
         if progress:
             progress(n)
+
+
+def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str, what: str,
+                 progress: Callable[[int], None] | None) -> None:
+    from ..errors import DigestMismatch
+
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos, remaining = offset, size
+    while remaining:
+        n = os.preadv(src_fd, [view[: min(CHUNK, remaining)]], pos)
+        if n <= 0:
+            raise OSError(f"{what}: ended {remaining} bytes early")
+        h.update(view[:n])
+        written = 0
+        while written < n:
+            written += os.write(dst_fd, view[written:n])
+        pos += n
+        remaining -= n
+        if progress:
+            progress(n)
+    got = "sha256:" + h.hexdigest()
+    if got != digest:
+        raise DigestMismatch(what, digest, got)
 
 
 # ---------------------------------------------------------------- reading

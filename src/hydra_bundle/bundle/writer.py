@@ -31,8 +31,11 @@ def bundle_size(index: BundleIndex, index_bytes: bytes, sig: bytes | None) -> in
 
 def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes | None,
                  layout: dict[str, bytes], blob_path: Callable[[str], Path], mtime: int,
-                 progress: Callable[[int], None] | None = None) -> int:
-    """Write the bundle to ``out`` atomically (temp name, fsync, rename). Returns its size."""
+                 progress: Callable[[int], None] | None = None,
+                 verify: Callable[[str], bool] | None = None) -> int:
+    """Write the bundle to ``out`` atomically (temp name, fsync, rename). Returns its size.
+
+    ``verify(digest)`` says which blobs to re-hash while copying (content not verified in this process)."""
     out = Path(out)
     ensure_free_space(out.parent, bundle_size(index, index_bytes, sig), f"writing {out}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -46,7 +49,8 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
             w.add_bytes(LAYOUT_NAME, layout[LAYOUT_NAME])
             w.add_bytes(LAYOUT_INDEX_NAME, layout[LAYOUT_INDEX_NAME])
             for b in index.blobs:
-                w.add_file(b.member, blob_path(b.digest), b.size)
+                check = b.digest if verify is not None and verify(b.digest) else None
+                w.add_file(b.member, blob_path(b.digest), b.size, verify=check)
             w.close()
             os.fsync(f.fileno())
             size = w.offset
