@@ -111,7 +111,7 @@ def test_deploy_section_loads_with_defaults_and_shorthands(tmp_path: Path) -> No
      "deploy.steps[0].manifst: unknown field"),
     ("  - manifests: gateway-api\n",
      "  - manifests: gateway-api\n    sql: {tables: [{table: t, key: [a], rows: [{a: 1}]}]}\n", 14,
-     "deploy.steps[0]: a step needs exactly one of manifests, label_nodes, chart, sql, warmup, wait_for (got "
+     "deploy.steps[0]: a step needs exactly one of manifests, label_nodes, chart, sql, warmup, wait_for, tls (got "
      "manifests, sql)"),
     ("  - manifests: gateway-api\n", "  - manifests:\n    - nope\n", 15,
      "deploy.steps[0].manifests[0]: no manifest named 'nope' in `manifests:`"),

@@ -14,6 +14,7 @@
 | ``publish``         | the ``publish`` step: make a stored bundle visible to the servers in one transaction |
 | ``published``       | the published view (tags, blobs, model/file paths) and repository naming |
 | ``push``            | the ``push`` step: copy images and charts to the site's registry |
+| ``deploy``          | the ``apply:*`` steps: the spec's ``deploy`` steps, run by ``hydra_bundle.apply`` on ``site:`` |
 | ``registry_server`` | read-only OCI distribution API straight from the store |
 | ``file_server``     | ``/model/<name>/<path>`` and ``/files/<name>/<file>`` with listings rclone reads |
 | ``httpbase``        | threading server bound to the configured address, Range, sendfile |

@@ -7,6 +7,7 @@ trusted_keys: [/etc/hydra-bundle/keys/release.pub]
 registry: {listen: "0.0.0.0:5000"}      # embedded read-only OCI registry
 files: {listen: "0.0.0.0:81"}           # embedded HTTP file server
 metrics: {listen: "127.0.0.1:9480"}     # /metrics and /healthz
+site: {cluster_name: …, domain: cn-sh-a1, registry: …, file_server: …}   # apply (see apply/deploy_spec.py)
 ```
 See ``systemd/agent.example.yaml`` for every key.
 """
@@ -21,6 +22,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..apply.deploy_spec import SiteConfig
 from ..bundle.sign import load_public_key
 from ..errors import SpecError, UsageError
 from ..spec.load import load_yaml_model
@@ -113,6 +115,7 @@ class AgentConfig(_Strict):
     files: Listen | None = Field(None, description="embedded HTTP file server (omit to disable)")
     metrics: Listen | None = Field(None, description="/metrics and /healthz (omit to disable)")
     push: Push | None = None
+    site: SiteConfig | None = Field(None, description="where things are on this site: the apply steps need it")
     limits: Limits = Field(default_factory=Limits)
     allow_downgrade: bool = Field(False, description="accept a lower sequence than one already applied")
     poll_interval: float = Field(30.0, gt=0, description="seconds between rescans of the drop dir")
@@ -161,6 +164,10 @@ class AgentConfig(_Strict):
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "journal.db"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
 
     def low_ports(self) -> list[int]:
         return [x.address[1] for x in (self.registry, self.files, self.metrics) if x and 0 < x.address[1] < 1024]

@@ -41,7 +41,7 @@ class Agent:
         self.wake = threading.Event()
         self.metrics = Metrics()
         self.db = Database(config.journal_path)
-        self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result)
+        self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result, self._activity)
         self.metrics.attach(self.db, config.store_dir)
         self.notifier = notifier or Notifier()
         self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
@@ -49,6 +49,7 @@ class Agent:
         self.servers: list[Server] = []
         self.alive = time.monotonic()
         self.busy: str | None = None
+        self.activity: str | None = None     # what the running step reports (systemd STATUS=)
         self._lock_fd: int | None = None
 
     # ---------------------------------------------------------------- hooks
@@ -58,6 +59,9 @@ class Agent:
         self.metrics.ingested.inc(n)
         if self.stop.is_set():
             raise Interrupted()
+
+    def _activity(self, text: str) -> None:
+        self.activity = text
 
     def _on_result(self, r: Result) -> None:
         self.metrics.results.labels(r.state).inc()
@@ -115,7 +119,7 @@ class Agent:
 
     def _status_line(self) -> str:
         if self.busy:
-            return f"working: {self.busy}"
+            return f"working: {self.activity or self.busy}"[:200]
         n = self.health().get("bundles", {})
         return f"serving; {n.get('complete', 0)} complete, {n.get('quarantined', 0)} quarantined bundles"
 
@@ -159,7 +163,7 @@ class Agent:
             except Exception:
                 log.exception("resume failed", extra={"kv": {"bundle": row.name, "digest": row.id}})
             finally:
-                self.busy = None
+                self.busy = self.activity = None
 
     def _loop(self) -> None:
         next_scan = 0.0
@@ -195,6 +199,6 @@ class Agent:
             self.settler.retry(path, self.config.retry_interval)
             return
         finally:
-            self.busy = None
+            self.busy = self.activity = None
         if res.state == "unsettled":
             self.settler.retry(path)

@@ -2,7 +2,8 @@
 
 Tables:
   bundles   one row per bundle, keyed by the sha256 of its signed index bytes; ``state`` is what users see
-  steps     the ordered plan of named steps per bundle (pending/running/done/failed/skipped + detail)
+  steps     the ordered plan of named steps per bundle (pending/running/done/failed/skipped + detail, and the
+            step's structured result as JSON: changes, notes, outputs, pending command)
   history   append-only events (received, step done, quarantined, complete, ...)
   drops     files already handled in the drop dir (path, size, mtime, inode) so kept drops are not re-read
   refs/blobs/paths  what is published (written only by the publish step, read by the servers; see published.py)
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Bundle states (what `agent status` shows).
 RECEIVED = "received"        # signature verified, steps planned, nothing run yet
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS bundles(
 CREATE INDEX IF NOT EXISTS bundles_name ON bundles(name, sequence);
 CREATE TABLE IF NOT EXISTS steps(
   bundle_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL,
-  detail TEXT, attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL,
+  detail TEXT, attempts INTEGER NOT NULL DEFAULT 0, started_at REAL, finished_at REAL, result TEXT,
   PRIMARY KEY(bundle_id, name));
 CREATE TABLE IF NOT EXISTS history(
   id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, bundle_id TEXT, name TEXT, version TEXT,
@@ -77,10 +78,14 @@ class Step:
     attempts: int
     started_at: float | None
     finished_at: float | None
+    result: str | None = None
 
     def json(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "detail": self.detail, "attempts": self.attempts,
-                "startedAt": _iso(self.started_at), "finishedAt": _iso(self.finished_at)}
+        out = {"name": self.name, "state": self.state, "detail": self.detail, "attempts": self.attempts,
+               "startedAt": _iso(self.started_at), "finishedAt": _iso(self.finished_at)}
+        if self.result:
+            out["result"] = json.loads(self.result)
+        return out
 
 
 @dataclass
@@ -127,7 +132,10 @@ class Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn().executescript(_SCHEMA)  # executescript manages its own transaction
             with self.tx() as c:
-                c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+                cols = {r["name"] for r in c.execute("PRAGMA table_info(steps)")}
+                if "result" not in cols:  # schema 1 (before apply results)
+                    c.execute("ALTER TABLE steps ADD COLUMN result TEXT")
+                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -255,6 +263,16 @@ class Journal:
                 r = c.execute("SELECT name, version FROM bundles WHERE id=?", (bundle_id,)).fetchone()
                 self._event(c, bundle_id, r["name"], r["version"], "complete", None)
 
+    def superseded_by(self, bundle_id: str) -> BundleRow | None:
+        """A bundle of the same name admitted after this one (a newer version, or an allowed rollback)."""
+        me = self.bundle(bundle_id)
+        if me is None or me.name is None:
+            return None
+        rows = self.db.query("SELECT * FROM bundles WHERE name=? AND id<>? AND verified=1 AND state<>? AND "
+                             "received_at>? ORDER BY received_at DESC LIMIT 1",
+                             (me.name, bundle_id, QUARANTINED, me.received_at or 0))
+        return BundleRow(**{k: rows[0][k] for k in rows[0].keys()}) if rows else None  # noqa: SIM118
+
     def max_sequence(self, name: str, exclude: str) -> int | None:
         """Highest sequence of a verified, not refused bundle of this name (rollback protection)."""
         rows = self.db.query("SELECT MAX(sequence) AS s FROM bundles WHERE name=? AND id<>? AND verified=1 "
@@ -275,13 +293,38 @@ class Journal:
             c.execute("UPDATE bundles SET state=?, updated_at=?, reason=NULL, detail=? WHERE id=?",
                       (RUNNING, now, f"step {name}", bundle_id))
 
-    def step_finished(self, bundle_id: str, name: str, state: str, detail: str | None) -> None:
+    def step_finished(self, bundle_id: str, name: str, state: str, detail: str | None,
+                      result: dict[str, Any] | None = None) -> None:
+        """Record how a step ended. A retry that ends exactly like the previous attempt (a pending step retried
+        every ``retry_interval``) adds no history event."""
         now = time.time()
+        event = f"step {name} {state}"
         with self.db.tx() as c:
-            c.execute("UPDATE steps SET state=?, detail=?, finished_at=? WHERE bundle_id=? AND name=?",
-                      (state, detail, now, bundle_id, name))
+            c.execute("UPDATE steps SET state=?, detail=?, finished_at=?, result=? WHERE bundle_id=? AND name=?",
+                      (state, detail, now, json.dumps(result, ensure_ascii=False) if result else None, bundle_id,
+                       name))
+            last = c.execute("SELECT event, detail FROM history WHERE bundle_id=? AND event LIKE ? ORDER BY id DESC "
+                             "LIMIT 1", (bundle_id, f"step {name} %")).fetchone()
+            if state in (PENDING, STEP_FAILED) and last is not None and (last["event"], last["detail"]) == (
+                    event, detail):
+                return
             r = c.execute("SELECT name, version FROM bundles WHERE id=?", (bundle_id,)).fetchone()
-            self._event(c, bundle_id, r["name"], r["version"], f"step {name} {state}", detail)
+            self._event(c, bundle_id, r["name"], r["version"], event, detail)
+
+    def step_progress(self, bundle_id: str, name: str, detail: str) -> None:
+        """What a running step is doing now (shown by ``agent status``; replaced when it finishes)."""
+        with self.db.tx() as c:
+            c.execute("UPDATE steps SET detail=? WHERE bundle_id=? AND name=? AND state=?",
+                      (detail, bundle_id, name, STEP_RUNNING))
+
+    def reset_steps(self, bundle_id: str, names: list[str]) -> int:
+        """Make finished steps run again (``agent apply``); returns how many were reset."""
+        with self.db.tx() as c:
+            n = 0
+            for name in names:
+                n += c.execute("UPDATE steps SET state=? WHERE bundle_id=? AND name=? AND state<>?",
+                               (PENDING, bundle_id, name, STEP_RUNNING)).rowcount
+        return n
 
     def recover(self) -> int:
         """After a crash: steps left ``running`` go back to ``pending`` (they are idempotent)."""

@@ -58,7 +58,8 @@ def _sig(st: os.stat_result) -> tuple[int, int, int]:
 
 class Pipeline:
     def __init__(self, config: AgentConfig, db: Database | None = None, stop: threading.Event | None = None,
-                 progress: Callable[[int], None] | None = None, on_result: Callable[[Result], None] | None = None):
+                 progress: Callable[[int], None] | None = None, on_result: Callable[[Result], None] | None = None,
+                 status: Callable[[str], None] | None = None):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.db = db or Database(config.journal_path)
@@ -69,6 +70,7 @@ class Pipeline:
         self.stop = stop or threading.Event()
         self.progress = progress or (lambda _n: None)
         self.on_result = on_result or (lambda _r: None)
+        self.status = status or (lambda _s: None)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -104,6 +106,30 @@ class Pipeline:
                 res = self._process_file(src, force=True)
             else:
                 res = self._run(bundle_id, row.index(), None, src)
+        self.on_result(res)
+        return res
+
+    def reapply(self, bundle_id: str, everything: bool = True) -> Result:
+        """``agent apply``: run the apply steps of an ingested bundle again — all of them (they converge), or
+        with ``everything=False`` only the failed and pending ones."""
+        from .deploy import PREFIX
+
+        with self.locked():
+            row = self.journal.bundle(bundle_id)
+            if row is None or row.index_json is None or row.state == QUARANTINED:
+                return Result(row.state if row else "unknown", bundle_id, detail="not an admitted bundle")
+            steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
+            if steps.get("publish") not in (DONE, SKIPPED):
+                return Result(row.state, bundle_id, row.name, row.version, "not-ingested",
+                              "the bundle is not ingested and published yet; drop the bundle file (or `agent "
+                              "ingest FILE`) first")
+            idx = row.index()
+            names = [d.name for d in plan(idx, self.config) if d.name.startswith(PREFIX)]
+            self.journal.reset_steps(bundle_id, names if everything else
+                                     [n for n in names if steps.get(n) not in (DONE, SKIPPED)])
+            self.journal.event(bundle_id, row.name, row.version, "apply",
+                               f"re-run {'all' if everything else 'unfinished'} apply steps")
+            res = self._run(bundle_id, idx, None, None, explicit=True)
         self.on_result(res)
         return res
 
@@ -159,9 +185,10 @@ class Pipeline:
             raise VerifyError("too-large", f"content is {idx.total_size} bytes, limits.max_bundle_bytes is {limit}")
 
     def _run(self, bid: str, idx: Any, ob: OpenBundle | None, path: Path | None,
-             st: os.stat_result | None = None) -> Result:
+             st: os.stat_result | None = None, explicit: bool = False) -> Result:
         ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
-                          self.progress, log)
+                          self.progress, log, status=self.status)
+        ctx.scratch["explicit"] = explicit   # an operator's `agent apply`: even a superseded bundle is applied
         try:
             out = run_steps(ctx, plan(idx, self.config))
         except VerifyError as e:

@@ -2,21 +2,25 @@
 
 A *planner* looks at a verified bundle index (and the agent config) and returns the steps that bundle
 needs, each a :class:`StepDef` with a unique, stable name and a ``run`` function. The plan is the
-concatenation of every planner's steps in :data:`PLANNERS` order::
+concatenation of every planner's steps in :func:`_planners` order::
 
     ingest    (agent.ingest)    copy every member into the content store, verifying each blob
     publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
     push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
-    ...       apply planners (issue 4) append e.g. ``kube:<name>``, ``helm:<release>``, ``mysql:<name>``,
-              ``warmup:<name>`` from ``index.spec["deploy"]``
+    apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
 
 Runner rules (:func:`run_steps`): steps run in order; ``done``/``skipped`` steps are never run again; a step
 found ``running`` after a crash is run again, so every step must be idempotent (check, then act). A step
-returns a short detail string (shown by ``agent status``), raises :class:`SkipStep` to record ``skipped``,
-:class:`StepPending` to stay ``pending`` (bundle ``waiting``, retried after ``retry_interval``),
-raises :class:`~hydra_bundle.errors.VerifyError` to refuse the bundle (quarantine), and any other
-:class:`~hydra_bundle.errors.HydraError`/``OSError`` marks the step ``failed`` and the bundle ``failed``; it is
-retried after ``retry_interval``. When all steps are done or skipped the bundle is ``complete``.
+returns a short detail string (shown by ``agent status``) and may set ``ctx.result`` (JSON kept with the step).
+It raises :class:`SkipStep` to record ``skipped``; :class:`StepPending` to record ``pending`` — **the runner
+then goes on with the next step** (a pending step waits for an operator, e.g. a helm command; it must not hold
+back independent steps; a later step that really needs it fails with its own message); :class:`Interrupted`
+when the agent stops (the step stays pending and the run ends); a :class:`~hydra_bundle.errors.VerifyError`
+to refuse the bundle (quarantine); any other :class:`~hydra_bundle.errors.HydraError`/``OSError`` marks the
+step ``failed`` and ends the run with the bundle ``failed``. At the end: any failure → ``failed``; else any
+pending step → ``waiting`` (the bundle detail lists each pending step with its command); else ``complete``.
+``failed`` and ``waiting`` bundles are retried every ``retry_interval``: the runner re-runs their failed and
+pending steps (in order, same rules).
 """
 
 from __future__ import annotations
@@ -67,10 +71,21 @@ class StepContext:
     progress: Callable[[int], None] = lambda _n: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("hydra_bundle.agent"))
     scratch: dict[str, Any] = field(default_factory=dict)   # shared between steps of one run
+    status: Callable[[str], None] = lambda _s: None         # what the agent is doing (systemd STATUS=)
+    result: dict[str, Any] | None = None                    # set by a step: structured result kept in the journal
+    cleanups: list[Callable[[], None]] = field(default_factory=list)   # run when the run ends
 
     def check_stop(self) -> None:
         if self.stop.is_set():
             raise Interrupted()
+
+    def close(self) -> None:
+        while self.cleanups:
+            fn = self.cleanups.pop()
+            try:
+                fn()
+            except Exception:
+                self.log.exception("cleanup failed")
 
 
 @dataclass(frozen=True)
@@ -83,10 +98,10 @@ Planner = Callable[["BundleIndex", "AgentConfig"], list[StepDef]]
 
 
 def _planners() -> list[Planner]:
-    """The pipeline, in order. Issue 4 adds its apply planner after ``push.plan`` here."""
-    from . import ingest, publish, push
+    """The pipeline, in order: ingest, publish, push, apply (``agent.deploy``), then registered extras."""
+    from . import deploy, ingest, publish, push
 
-    return [ingest.plan, publish.plan, push.plan, *PLANNERS]
+    return [ingest.plan, publish.plan, push.plan, deploy.plan, *PLANNERS]
 
 
 PLANNERS: list[Planner] = []
@@ -118,42 +133,60 @@ class Outcome:
 
 
 def run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
-    """Run the pending steps of a bundle in order. VerifyError propagates (the caller quarantines)."""
+    """Run the unfinished steps of a bundle in order (module docstring). VerifyError propagates (the caller
+    quarantines)."""
+    try:
+        return _run_steps(ctx, defs)
+    finally:
+        ctx.close()
+
+
+def _kv(ctx: StepContext, **kv: Any) -> dict[str, Any]:
+    return {"kv": {"bundle": ctx.index.name, "version": ctx.index.version, **kv}}
+
+
+def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
     j = ctx.journal
     j.replan(ctx.bundle_id, [d.name for d in defs])
     states = {s.name: s.state for s in j.steps(ctx.bundle_id)}
+    pending: list[tuple[str, str]] = []
     for d in defs:
         if states.get(d.name) in (DONE, SKIPPED):
             continue
         if ctx.stop.is_set():
             return Outcome("interrupted", d.name)
         j.step_started(ctx.bundle_id, d.name)
-        ctx.log.info("step started", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
-                                                    "step": d.name}})
+        ctx.log.info("step started", extra=_kv(ctx, step=d.name))
+        ctx.status(f"{ctx.index.name} {ctx.index.version}: {d.name}")
+        ctx.result = None
         try:
             detail = d.run(ctx)
         except SkipStep as e:
-            j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None)
+            j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None, ctx.result)
+            ctx.log.info("step skipped", extra=_kv(ctx, step=d.name, detail=str(e)))
             continue
         except StepPending as e:
-            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None)
-            j.set_state(ctx.bundle_id, WAITING, "step-pending", f"{d.name}: {e}")
-            return Outcome(WAITING, d.name, str(e))
+            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None, ctx.result)
+            ctx.log.warning("step pending", extra=_kv(ctx, step=d.name, detail=str(e)))
+            pending.append((d.name, str(e)))
+            continue
         except Interrupted:
-            j.step_finished(ctx.bundle_id, d.name, "pending", "interrupted (agent stopping)")
+            j.step_finished(ctx.bundle_id, d.name, PENDING, "interrupted (agent stopping)")
             return Outcome("interrupted", d.name)
         except VerifyError as e:
             j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, str(e))
             raise
         except (HydraError, OSError) as e:
             msg = str(e) or type(e).__name__
-            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, msg)
+            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, msg, ctx.result)
             j.set_state(ctx.bundle_id, FAILED, "step-failed", f"{d.name}: {msg}")
-            ctx.log.error("step failed", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
-                                                        "step": d.name, "error": msg}})
+            ctx.log.error("step failed", extra=_kv(ctx, step=d.name, error=msg))
             return Outcome(FAILED, d.name, msg)
-        j.step_finished(ctx.bundle_id, d.name, DONE, detail)
-        ctx.log.info("step done", extra={"kv": {"bundle": ctx.index.name, "version": ctx.index.version,
-                                                 "step": d.name, "detail": detail}})
+        j.step_finished(ctx.bundle_id, d.name, DONE, detail, ctx.result)
+        ctx.log.info("step done", extra=_kv(ctx, step=d.name, detail=detail))
+    if pending:
+        detail = f"{len(pending)} step(s) pending: " + "; ".join(f"{n}: {m}" for n, m in pending)
+        j.set_state(ctx.bundle_id, WAITING, "step-pending", detail)
+        return Outcome(WAITING, pending[0][0], detail)
     j.set_state(ctx.bundle_id, COMPLETE)
     return Outcome(COMPLETE)

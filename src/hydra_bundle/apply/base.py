@@ -3,7 +3,9 @@
 Contract (what the agent's journal does with a step):
 
 - ``step.name`` is unique within a bundle's plan; ``step.kind`` is one of manifests, label-nodes, chart, sql,
-  warmup, wait-for, prune. ``step.plan()`` returns the :class:`Action` list; it never touches the network.
+  warmup, wait-for, tls, prune. ``step.plan()`` returns the :class:`Action` list; it never touches the network.
+  ``step.notes`` are operator notes from the spec (shown with the plan; the agent adds them to the result of a
+  done or pending step).
 - ``step.run(rt, progress)`` does the work and returns a :class:`StepResult` (``done`` | ``pending`` |
   ``skipped``; ``pending`` carries the exact ``command`` an operator must run). Running it again after a crash
   or on a later ``agent apply`` converges to the same end state (server-side apply, select-then-upsert in one
@@ -115,6 +117,7 @@ class Step:
         self.name = name
         self.when = when
         self.timeout = timeout
+        self.notes: list[str] = []      # operator notes from the spec (``notes:``), site values substituted
 
     def plan(self) -> list[Action]:
         raise NotImplementedError
@@ -128,6 +131,8 @@ class Step:
                                "actions": [a.json() for a in self.plan()]}
         if self.when != "always":
             out["when"] = self.when
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
     def _action(self, op: str, target: str, detail: str = "") -> Action:
@@ -169,10 +174,12 @@ class Runtime:
 
     def __init__(self, site: SiteConfig, bundle: BundleInfo, *, state_dir: Path | None = None,
                  log: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
-                 kube_factory: Callable[[], Kube] | None = None, poll_interval: float = 1.0):
+                 kube_factory: Callable[[], Kube] | None = None, poll_interval: float = 1.0,
+                 tls_dir: Path | None = None):
         self.site = site
         self.bundle = bundle
         self.state_dir = state_dir      # where helm values files are kept (pending commands reference them)
+        self.tls_dir = tls_dir          # the site CA (tls steps without site.tls files)
         self.log = log or (lambda _msg: None)
         self.cancel = cancel or threading.Event()
         self.poll_interval = poll_interval

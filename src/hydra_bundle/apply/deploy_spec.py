@@ -16,6 +16,8 @@
       - sql: {database: hydra, tables: [{table: vendor, key: [name],
                                          rows: [{name: alibaba, display_name: {enUS: Alibaba, zhCN: 通义千问}}]}]}
       - warmup: qwen3-0.6b              # Dataset CR from the model's file-server URL; waits for READY
+        notes: ["CPU inference: deployment parameters --dtype=half --max-model-len=8192"]  # shown by plan/status
+      - tls: {secret: "${site.domain}", hosts: ["${site.domain}"]}   # kubernetes.io/tls Secret (site files or CA)
       - wait_for: [{kind: Service, namespace: istio-system, name: gateway-istio}]
 
 ``site`` (in the agent config) says where things are on this site; manifests and values may use
@@ -38,8 +40,9 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 _SQL_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _VALUES_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
-ACTIONS = ("manifests", "label_nodes", "chart", "sql", "warmup", "wait_for")
+ACTIONS = ("manifests", "label_nodes", "chart", "sql", "warmup", "wait_for", "tls")
 SIMULATED_GPU_LABEL = "run.ai/simulated-gpu-node-pool"
 
 
@@ -220,6 +223,50 @@ class WaitTarget(_Strict):
     api_version: str | None = Field(None, description="default: the usual one for built-in kinds")
 
 
+def _has_var(v: str) -> bool:
+    return "${" in v
+
+
+def tls_host(v: str) -> str:
+    """A certificate host: a DNS name (``*.`` wildcard allowed) or an IP address."""
+    try:
+        return str(ipaddress.ip_address(v))
+    except ValueError:
+        pass
+    v = v.lower().rstrip(".")
+    if len(v) > 253 or not _HOST.match(v):
+        raise ValueError(f"{v!r} is not a DNS name or an IP address")
+    return v
+
+
+class TlsSecret(_Strict):
+    """A ``kubernetes.io/tls`` Secret for the gateway: the certificate comes from ``site.tls`` files when the site
+    configures them, else from a site CA the agent creates once (``hydra-bundle agent ca`` exports it)."""
+
+    secret: str = Field(description="Secret name (``${site.domain}`` allowed)")
+    namespace: str = "default"
+    hosts: list[str] = Field(min_length=1, description="DNS names / IPs of the certificate (``${site.domain}``)")
+
+    @field_validator("secret", "namespace")
+    @classmethod
+    def _names(cls, v: str) -> str:
+        if not _has_var(v) and (not _DNS1123.match(v) or len(v) > 253):
+            raise ValueError(f"{v!r} is not a lowercase DNS name (a-z, 0-9, '-', '.')")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        return [h if _has_var(h) else tls_host(h) for h in v]
+
+    def checked(self) -> TlsSecret:
+        """After substitution: no variable may be left (``$${`` escapes make no sense here); hosts deduplicated."""
+        for what in (self.secret, self.namespace, *self.hosts):
+            if _has_var(what):
+                raise ValueError(f"{what!r} is not a name")
+        return TlsSecret(secret=self.secret, namespace=self.namespace, hosts=list(dict.fromkeys(self.hosts)))
+
+
 class DeployStep(_Strict):
     name: str | None = Field(None, description="unique; default derived from the action (manifests-<first>, …)")
     when: Literal["always", "no-gpu", "gpu"] = "always"
@@ -232,6 +279,9 @@ class DeployStep(_Strict):
     sql: SqlSeed | None = None
     warmup: Warmup | None = None
     wait_for: list[WaitTarget] | None = None
+    tls: TlsSecret | None = None
+    notes: list[str] = Field([], description="operator notes (``${site.*}`` allowed) shown by `agent plan` and, "
+                                             "once the step is done or pending, by `agent status`")
 
     @field_validator("name")
     @classmethod
@@ -286,6 +336,9 @@ class DeployStep(_Strict):
         if a == "warmup":
             assert self.warmup
             return f"warmup-{self.warmup.model}"
+        if a == "tls":
+            assert self.tls
+            return "tls" if _has_var(self.tls.secret) else f"tls-{self.tls.secret}"
         return a.replace("_", "-")
 
 
@@ -399,6 +452,20 @@ class MySQLSite(_Strict):
             raise ApplyError(f"mysql: cannot read password_file {self.password_file}: {e.strerror}") from None
 
 
+class TLSSite(_Strict):
+    """The gateway certificate from files (PEM); without this the agent's site CA issues one."""
+
+    cert_file: Path = Field(description="PEM certificate (chain) for the gateway domain")
+    key_file: Path = Field(description="PEM private key of that certificate (read by the tls step, never logged)")
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"{v} does not exist or is not a file")
+        return v
+
+
 class MetalLBSite(_Strict):
     addresses: list[str] = Field(min_length=1, description="CIDRs or FIRST-LAST ranges for the IPAddressPool")
 
@@ -433,6 +500,7 @@ class SiteConfig(_Strict):
     in_cluster: bool = Field(False, description="use the pod's service account instead of a kubeconfig")
     mysql: MySQLSite | None = None
     storage_class: str = Field("nfs-csi", description="NFS storage class for model Datasets")
+    tls: TLSSite | None = Field(None, description="gateway certificate files; default: issued by the site CA")
     helm: Path | None = Field(None, description="helm binary; default: `helm` on PATH; none → chart steps pending")
     timeout: float = Field(600.0, description="default step timeout (duration: 90s, 10m)")
     simulated_gpu_nodes: list[str] = Field(

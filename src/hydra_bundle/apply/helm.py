@@ -9,19 +9,24 @@ same values (no new revision).
 
 from __future__ import annotations
 
+import base64
 import copy
+import gzip
 import json
 import os
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .base import ApplyError, brief
 from .rewrite import rewrite_image
+
+if TYPE_CHECKING:
+    from .kube import Kube
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -121,19 +126,31 @@ def command_text(helm: str, args: list[str]) -> str:
     return shlex.join([helm, *args])
 
 
-def _run(helm: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def helm_env(home: Path | None) -> dict[str, str] | None:
+    """helm's cache/config/data dirs under ``home`` (the agent's state dir: its sandbox may not let helm write to
+    $HOME); variables the operator set win."""
+    if home is None:
+        return None
+    env = dict(os.environ)
+    for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):
+        env.setdefault(var, str(home / sub))
+    return env
+
+
+def _run(helm: str, args: list[str], timeout: float,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run([helm, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired:
         raise ApplyError(f"helm {args[0]}: no answer after {timeout:.0f}s") from None
     except OSError as e:
         raise ApplyError(f"cannot run {helm}: {brief(e)}") from None
 
 
-def deployed(helm: str, rel: HelmRelease) -> bool:
+def deployed(helm: str, rel: HelmRelease, env: dict[str, str] | None = None) -> bool:
     """True when the release is deployed with this chart version and exactly these values."""
-    p = _run(helm, rel.list_args(), 120)
+    p = _run(helm, rel.list_args(), 120, env)
     if p.returncode != 0:
         return False
     try:
@@ -143,7 +160,7 @@ def deployed(helm: str, rel: HelmRelease) -> bool:
     row = next((r for r in rows if r.get("name") == rel.release), None)
     if not row or row.get("status") != "deployed" or row.get("chart") != f"{rel.chart_name}-{rel.version}":
         return False
-    p = _run(helm, rel.get_values_args(), 120)
+    p = _run(helm, rel.get_values_args(), 120, env)
     if p.returncode != 0:
         return False
     try:
@@ -153,12 +170,45 @@ def deployed(helm: str, rel: HelmRelease) -> bool:
     return bool(have == json.loads(json.dumps(rel.values)))
 
 
-def upgrade_install(helm: str, rel: HelmRelease, values_file: Path) -> str:
+def upgrade_install(helm: str, rel: HelmRelease, values_file: Path, env: dict[str, str] | None = None) -> str:
     """Run helm; returns 'unchanged' or 'installed/upgraded'. ApplyError with helm's message on failure."""
-    if deployed(helm, rel):
+    if deployed(helm, rel, env):
         return "unchanged"
-    p = _run(helm, rel.upgrade_args(values_file), rel.timeout + 120)
+    p = _run(helm, rel.upgrade_args(values_file), rel.timeout + 120, env)
     if p.returncode != 0:
         tail = "\n".join((p.stderr or p.stdout or "").strip().splitlines()[-8:])
         raise ApplyError(f"helm upgrade --install {rel.release} failed (exit {p.returncode}): {tail}")
     return "installed/upgraded"
+
+
+def decode_release(secret: dict[str, Any]) -> dict[str, Any] | None:
+    """The release record helm 3 keeps in a ``helm.sh/release.v1`` Secret (base64 of gzipped JSON, inside the
+    Secret's own base64), or None when it does not decode."""
+    data = (secret.get("data") or {}).get("release")
+    if not isinstance(data, str):
+        return None
+    try:
+        raw = base64.b64decode(base64.b64decode(data))
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        rel = json.loads(raw)
+    except (ValueError, OSError):
+        return None
+    return rel if isinstance(rel, dict) else None
+
+
+def deployed_without_helm(kube: Kube, rel: HelmRelease) -> str | None:
+    """Without a helm binary: has someone (an operator running the pending command) deployed this chart version
+    with these values? Reads helm's release Secrets through the API. Returns the revision, or None."""
+    path = f"/api/v1/namespaces/{rel.namespace}/secrets"
+    sel = f"owner=helm,name={rel.release},status=deployed"
+    lst = kube.call(f"list helm releases {rel.namespace}/{rel.release}", lambda: kube.dyn.request(
+        "get", path, label_selector=sel, _request_timeout=kube.request_timeout)).to_dict()
+    for item in lst.get("items") or []:
+        r = decode_release(item)
+        md = ((r or {}).get("chart") or {}).get("metadata") or {}
+        if r is None or md.get("name") != rel.chart_name or md.get("version") != rel.version:
+            continue
+        if (r.get("config") or {}) == json.loads(json.dumps(rel.values)):
+            return str(r.get("version") or (item.get("metadata") or {}).get("labels", {}).get("version") or "?")
+    return None

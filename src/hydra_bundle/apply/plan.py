@@ -13,7 +13,7 @@ from typing import Any
 from ..bundle.index import BundleIndex
 from ..errors import SpecError
 from .base import Action, ApplyError, BundleInfo, Step
-from .deploy_spec import DeploySpec, SiteConfig, SqlSeed
+from .deploy_spec import DeploySpec, SiteConfig, SqlSeed, TlsSecret
 from .helm import HelmRelease, chart_values
 from .kube import MANAGED_BY, MANAGED_BY_LABEL, ObjKey, mark_ours
 from .rewrite import chart_site_repository, rewrite_workload_images
@@ -26,6 +26,7 @@ from .steps import (
     PreparedObject,
     PruneStep,
     SqlStep,
+    TlsStep,
     WaitForStep,
     WarmupStep,
     pull_secret_object,
@@ -58,11 +59,22 @@ class ApplyPlan:
             lines.append(f"{i:>2}. {s.name} ({s.kind}, timeout {s.timeout:.0f}s){cond}")
             for a in s.plan():
                 lines.append(f"      {a.op:<11} {a.target}" + (f"  ({a.detail})" if a.detail else ""))
+            lines += [f"      note        {n}" for n in s.notes]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def dumps(self) -> str:
         return json.dumps(self.json(), indent=2, ensure_ascii=False)
+
+
+def _first_error(e: ValueError) -> str:
+    """``field[.sub]: message`` of a pydantic error (or the plain message)."""
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc") or ())
+        return f"{loc}: " + str(first.get("msg", e)).removeprefix("Value error, ")
+    return ": " + str(e)
 
 
 def _when(s: Step) -> str | None:
@@ -94,7 +106,7 @@ def _manifest_objects(index: BundleIndex, name: str, read_blob: ReadBlob, variab
     return out
 
 
-_KUBE_ACTIONS = {"manifests", "label_nodes", "chart", "warmup", "wait_for"}
+_KUBE_ACTIONS = {"manifests", "label_nodes", "chart", "warmup", "wait_for", "tls"}
 
 
 def load_deploy(index: BundleIndex) -> DeploySpec | None:
@@ -183,12 +195,23 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
             keep += step.desired()
         elif st.sql is not None:
             seed = SqlSeed.model_validate(substitute_data(st.sql.model_dump(), variables, f"{where}.sql"))
-            step = SqlStep(name, seed, **common)
+            step = SqlStep(name, seed, site_database=site.mysql.database if site.mysql else None, **common)
         elif st.warmup is not None:
             ds = mark_ours(dataset_object(st.warmup, site), bundle)
             ds = substitute_data(ds, variables, f"{where}.warmup")
             step = WarmupStep(name, ds, mark_ours(namespace_object(st.warmup.namespace), bundle), wait=st.wait,
                               **common)
+            keep += step.desired()
+        elif st.tls is not None:
+            raw = substitute_data(st.tls.model_dump(), variables, f"{where}.tls")
+            try:
+                t = TlsSecret.model_validate(raw).checked()
+            except ValueError as e:
+                raise SpecError([f"{where}.tls{_first_error(e)}"]) from None
+            files = site.tls
+            step = TlsStep(name, t.secret, t.namespace, t.hosts, bundle=bundle,
+                           cert_file=files.cert_file if files else None, key_file=files.key_file if files else None,
+                           **common)
             keep += step.desired()
         else:
             assert st.wait_for is not None
@@ -202,6 +225,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                     md["namespace"] = t.namespace
                 targets.append({"apiVersion": api_version, "kind": t.kind, "metadata": md})
             step = WaitForStep(name, targets, **common)
+        step.notes = [str(substitute_data(n, variables, f"{where}.notes[{j}]")) for j, n in enumerate(st.notes)]
         steps.append(step)
     if deploy.prune and any(isinstance(s, KubeStep) for s in steps):
         steps.append(PruneStep(bundle, keep, timeout=deploy.timeout or site.timeout))

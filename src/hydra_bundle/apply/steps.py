@@ -3,6 +3,7 @@ self-contained: ``plan()`` lists its actions offline, ``run(rt, progress)`` conv
 
 from __future__ import annotations
 
+import base64
 import copy
 import tempfile
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ from .base import (
     no_progress,
 )
 from .deploy_spec import SqlSeed
-from .helm import HelmRelease, command_text, upgrade_install, write_values
-from .kube import CRD_KIND, Kube, ObjKey, key_of, sort_for_apply
+from .helm import HelmRelease, command_text, deployed_without_helm, helm_env, upgrade_install, write_values
+from .kube import CRD_KIND, Kube, ObjKey, key_of, mark_ours, sort_for_apply
 from .rewrite import ImageChange
-from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness
+from .tls import Material, SiteCA, fingerprint, from_files
+from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness, namespace_object
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 BUILTIN_API_VERSIONS = {
@@ -253,12 +255,21 @@ class ChartStep(KubeStep):
         helm = rt.helm_binary()
         r = self.release
         if helm is None:
+            notes = []
+            try:  # did an operator run the command? (helm's release Secret says so; a short look only)
+                revision = deployed_without_helm(self.kube(rt, Deadline(min(10.0, self.timeout))), r)
+            except ApplyError as e:
+                revision = None
+                notes.append(f"could not check whether the release is deployed already: {e}")
+            if revision is not None:
+                return StepResult("done", f"release {r.namespace}/{r.release}: {r.chart_name} {r.version} deployed "
+                                          f"(revision {revision}, installed outside the agent: no helm here)", changes)
             cmd = ["helm", *r.upgrade_args(values_file)]
             return StepResult("pending", f"helm is not installed here: install release {r.namespace}/{r.release} "
-                                         f"by running the command (or set site.helm and re-run the step)",
-                              changes, command=cmd)
+                                         f"by running the command (or set site.helm); the step notices the "
+                                         f"release once it is deployed", changes, notes, command=cmd)
         emit(f"helm upgrade --install {r.release} ({r.chart} {r.version})")
-        what = upgrade_install(helm, r, values_file)
+        what = upgrade_install(helm, r, values_file, helm_env(rt.state_dir / "helm-home" if rt.state_dir else None))
         if what != "unchanged":
             changes.append(f"helm {what} {r.namespace}/{r.release} {r.chart_name} {r.version}")
         return StepResult("done", f"release {r.namespace}/{r.release}: {what}", changes)
@@ -269,12 +280,14 @@ class ChartStep(KubeStep):
 class SqlStep(Step):
     kind = "sql"
 
-    def __init__(self, name: str, seed: SqlSeed, *, when: str = "always", timeout: float = 600.0):
+    def __init__(self, name: str, seed: SqlSeed, *, when: str = "always", timeout: float = 600.0,
+                 site_database: str | None = None):
         super().__init__(name, when=when, timeout=timeout)
         self.seed = seed
+        self.site_database = site_database      # the database of site.mysql.dsn (for the plan text)
 
     def plan(self) -> list[Action]:
-        db = self.seed.database or "(site.mysql database)"
+        db = self.seed.database or self.site_database or "(site.mysql database)"
         out = []
         for t in self.seed.tables:
             for row in t.rows:
@@ -391,6 +404,77 @@ class WaitForStep(KubeStep):
         lines = [f"{k}: {', '.join(v.get('addresses', []))}" for k, v in outputs.items() if v.get("addresses")]
         return StepResult("done", f"{len(self.targets)} ready" + (f"; {'; '.join(lines)}" if lines else ""),
                           outputs=outputs)
+
+
+# ====================================================================== tls
+
+class TlsStep(KubeStep):
+    kind = "tls"
+
+    def __init__(self, name: str, secret: str, namespace: str, hosts: list[str], *, bundle: BundleInfo,
+                 cert_file: Path | None = None, key_file: Path | None = None, when: str = "always",
+                 timeout: float = 600.0):
+        super().__init__(name, when=when, timeout=timeout)
+        self.secret, self.namespace, self.hosts = secret, namespace, hosts
+        self.bundle = bundle
+        self.cert_file, self.key_file = cert_file, key_file
+
+    @property
+    def key(self) -> ObjKey:
+        return ObjKey("", "Secret", self.namespace, self.secret)
+
+    def desired(self) -> list[tuple[ObjKey, str]]:
+        return [(self.key, "v1")]
+
+    def source(self) -> str:
+        if self.cert_file is not None:
+            return f"site.tls files {self.cert_file}, {self.key_file}"
+        return "the site CA (state_dir/tls, created once; `hydra-bundle agent ca` exports it)"
+
+    def plan(self) -> list[Action]:
+        return [self._action("secret", str(self.key), f"kubernetes.io/tls for {', '.join(self.hosts)}; "
+                                                      f"certificate from {self.source()}")]
+
+    def material(self, rt: Runtime) -> Material:
+        if self.cert_file is not None and self.key_file is not None:
+            return from_files(self.cert_file, self.key_file, self.hosts)
+        if rt.tls_dir is None:
+            raise ApplyError("tls: no directory for the site CA (Runtime.tls_dir)")
+        return SiteCA(rt.tls_dir, rt.site.cluster_name).leaf(f"{self.namespace}-{self.secret}", self.hosts)
+
+    def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
+        deadline = Deadline(self.timeout)
+        kube = self.kube(rt, deadline)
+        emit = _emit(progress, self.name)
+        skip = self.skipped(rt)
+        if skip:
+            return skip
+        m = self.material(rt)
+        outcomes = []
+        if kube.get("v1", "Namespace", self.namespace) is None:
+            res = kube.apply(mark_ours(namespace_object(self.namespace), self.bundle))
+            outcomes.append((res.op, str(res.key)))
+        secret = mark_ours({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                            "metadata": {"name": self.secret, "namespace": self.namespace},
+                            "data": {"tls.crt": base64.b64encode(m.cert_pem).decode(),
+                                     "tls.key": base64.b64encode(m.key_pem).decode()}}, self.bundle)
+        res = kube.apply(secret)
+        outcomes.append((res.op, str(res.key)))
+        emit(f"{res.op} {res.key}")
+        _, changes = _tally(outcomes)
+        if m.issued:
+            changes.insert(0, f"issued a certificate for {', '.join(m.hosts)} (site CA, valid until "
+                              f"{m.not_after:%Y-%m-%d})")
+        outputs: dict[str, Any] = {"secret": f"{self.namespace}/{self.secret}", "hosts": m.hosts,
+                                   "notAfter": m.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), "source": m.source}
+        notes = list(m.notes)
+        if m.ca_pem is not None:
+            fp = fingerprint(m.ca_pem)
+            outputs["caSha256"] = fp
+            notes.append(f"clients must trust the site CA to reach https://{m.hosts[0]}/ without warnings: "
+                         f"`hydra-bundle agent ca > hydra-site-ca.pem` (SHA-256 {fp})")
+        return StepResult("done", f"{self.key}: {res.op} (certificate for {', '.join(m.hosts)} from {m.source}, "
+                                  f"valid until {m.not_after:%Y-%m-%d})", changes, notes, outputs=outputs)
 
 
 # ====================================================================== prune

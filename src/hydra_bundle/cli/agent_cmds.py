@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from ..agent.config import CONFIG_ENV, DEFAULT_CONFIG, AgentConfig, load_config
-from ..agent.journal import Database, Journal
-from ..agent.published import Published
+from ..agent.config import load_config
 from ..digest import human_bytes
-from ..errors import UsageError
+from .agent_common import config_option, open_journal
 from .common import emit_json, handle_errors
 
-config_option = click.option(
-    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help=f"Agent config [default: ${CONFIG_ENV} or {DEFAULT_CONFIG}].")
-
-
-def _journal(cfg: AgentConfig) -> tuple[Database, Journal]:
-    if not cfg.journal_path.exists():
-        raise UsageError(f"{cfg.journal_path}: no state yet (has the agent run with this config?)")
-    db = Database(cfg.journal_path, readonly=not os.access(cfg.journal_path, os.W_OK))
-    return db, Journal(db)
+_journal = open_journal
 
 
 @click.group("agent")
@@ -74,9 +65,11 @@ def ingest_cmd(file: Path, config_path: Path | None, as_json: bool) -> None:
 @agent_group.command("status")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="Also list what each apply step changed.")
 @handle_errors
-def status_cmd(config_path: Path | None, as_json: bool) -> None:
-    """What is on this site: bundles with version, sequence, digest, state and components."""
+def status_cmd(config_path: Path | None, as_json: bool, verbose: bool) -> None:
+    """What is on this site: bundles with version, sequence, digest, state, steps (with what the apply steps
+    changed, their notes and outputs, e.g. the /etc/hosts line for the gateway) and components."""
     cfg = load_config(config_path)
     _, j = _journal(cfg)
     bundles = j.status()
@@ -89,10 +82,30 @@ def status_cmd(config_path: Path | None, as_json: bool) -> None:
         when = b["completedAt"] or b["updatedAt"]
         click.echo(f"{b['name'] or '?'} {b['version'] or '?'}  sequence {b['sequence']}  {b['state']}  {when}  "
                    f"{b['digest'][:19]}" + (f"  ({b['reason']}: {b['detail']})" if b["reason"] else ""))
+        width = max([10, *(len(s["name"]) for s in b["steps"])])
         for s in b["steps"]:
-            click.echo(f"    step {s['name']:<10} {s['state']:<8} {s['detail'] or ''}")
+            res = s.get("result") or {}
+            detail = res.get("summary") if s["state"] == "pending" and res.get("command") else s["detail"]
+            click.echo(f"    step {s['name']:<{width}} {s['state']:<8} {detail or ''}")
+            for line in _result_lines(res, verbose):
+                click.echo(f"         {' ' * width}{line}")
         for c in b["components"]:
             click.echo(f"    {c['kind']:<8} {c['ref']}  {c['digest'][:19]}")
+
+
+def _result_lines(res: dict[str, Any], verbose: bool) -> list[str]:
+    out = []
+    if res.get("command"):
+        out.append(f"run: {shlex.join(res['command'])}")
+    outputs = dict(res.get("outputs") or {})
+    out += [f"/etc/hosts: {h}" for h in outputs.pop("etcHosts", [])]
+    for k, v in outputs.items():
+        if v not in (None, "", [], {}):
+            out.append(f"output {k}: {v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}")
+    out += [f"note: {n}" for n in res.get("notes") or []]
+    if verbose:
+        out += [f"change: {c}" for c in res.get("changes") or []]
+    return out
 
 
 @agent_group.command("history")
@@ -120,6 +133,8 @@ def history_cmd(config_path: Path | None, limit: int, as_json: bool) -> None:
 @handle_errors
 def inventory_cmd(config_path: Path | None, out: Path) -> None:
     """Every blob digest this site holds (published), with the bundles: the input for delta bundles."""
+    from ..agent.published import Published
+
     cfg = load_config(config_path)
     db, j = _journal(cfg)
     blobs = Published(db).inventory()
@@ -138,3 +153,13 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
     tmp.write_text(text)
     os.replace(tmp, out)
     click.echo(f"wrote {out}: {len(blobs)} blobs, {human_bytes(sum(s for _, s in blobs))}", err=True)
+
+
+def _register() -> None:
+    from .apply_cmds import apply_cmd, ca_cmd, mirror_config_cmd, plan_cmd
+
+    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd):
+        agent_group.add_command(cmd)
+
+
+_register()

@@ -1,0 +1,39 @@
+"""Helpers shared by the ``agent`` commands: the --config option, the journal, finding a bundle by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..agent.config import CONFIG_ENV, DEFAULT_CONFIG, AgentConfig
+from ..agent.journal import QUARANTINED, BundleRow, Database, Journal
+from ..errors import UsageError
+
+config_option = click.option(
+    "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help=f"Agent config [default: ${CONFIG_ENV} or {DEFAULT_CONFIG}].")
+
+
+def open_journal(cfg: AgentConfig) -> tuple[Database, Journal]:
+    if not cfg.journal_path.exists():
+        raise UsageError(f"{cfg.journal_path}: no state yet (has the agent run with this config?)")
+    db = Database(cfg.journal_path, readonly=not os.access(cfg.journal_path, os.W_OK))
+    return db, Journal(db)
+
+
+def find_bundle(j: Journal, ref: str, version: str | None = None) -> BundleRow:
+    """A bundle by name (the highest sequence not refused; ``version`` picks one), or by digest (prefix)."""
+    rows = [r for r in j.bundles() if r.index_json is not None]
+    hexref = ref.removeprefix("sha256:").lower()
+    if len(hexref) >= 7 and all(c in "0123456789abcdef" for c in hexref):
+        by_digest = [r for r in rows if r.id.removeprefix("sha256:").startswith(hexref)]
+        if len(by_digest) == 1:
+            return by_digest[0]
+    named = [r for r in rows if r.name == ref and r.state != QUARANTINED and (version is None or r.version == version)]
+    if not named:
+        known = sorted({f"{r.name} {r.version}" for r in rows if r.state != QUARANTINED})
+        what = f"{ref} {version}" if version else ref
+        raise UsageError(f"no bundle {what!r} on this site" + (f" (known: {', '.join(known)})" if known else ""))
+    return max(named, key=lambda r: (r.sequence or 0, r.received_at or 0))

@@ -1,0 +1,225 @@
+"""``hydra-bundle agent plan | apply | mirror-config | ca``: what the apply steps will do, re-running them, the
+node registry-mirror snippets and the site CA. Registered on the ``agent`` group by ``agent_cmds``."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..agent.config import AgentConfig, load_config
+from ..agent.deploy import NO_SITE, PREFIX
+from ..apply.deploy_spec import SiteConfig
+from ..bundle.index import BundleIndex
+from ..digest import hex_of, sha256_bytes
+from ..errors import UsageError
+from .agent_common import config_option, find_bundle, open_journal
+from .common import emit_json, handle_errors
+
+
+def _site(cfg: AgentConfig, what: str) -> SiteConfig:
+    if cfg.site is None:
+        raise UsageError(f"{what}: {NO_SITE.split(' (')[0]}; site values are needed (see systemd/agent.example.yaml)")
+    return cfg.site
+
+
+def _store_reader(cfg: AgentConfig) -> Callable[[str], bytes | None]:
+    """Blobs already in the content store (read-only: a plan never creates state)."""
+    def read(digest: str) -> bytes | None:
+        try:
+            return (cfg.store_dir / "blobs" / "sha256" / hex_of(digest)).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    return read
+
+
+def _from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
+    """Verify the signature first, then read the manifest blobs straight from the bundle (each digest checked)
+    unless the store already has them."""
+    from ..bundle.reader import open_bundle
+
+    stored = _store_reader(cfg)
+    blobs: dict[str, bytes] = {}
+    with open_bundle(path, cfg.public_keys()) as ob:
+        idx = ob.index
+        need = {m.file.digest for m in idx.components.manifests}
+        for d in list(need):
+            data = stored(d)
+            if data is not None:
+                blobs[d] = data
+                need.discard(d)
+        for m in ob.members() if need else ():
+            if m.digest in need:
+                buf = bytearray()
+                m.read_into(buf.extend)
+                blobs[m.digest] = bytes(buf)
+                need.discard(m.digest)
+                if not need:
+                    break
+        info = {"digest": sha256_bytes(ob.index_bytes), "signer": ob.signer, "file": str(path)}
+
+    def read(digest: str) -> bytes:
+        try:
+            return blobs[digest]
+        except KeyError:
+            raise UsageError(f"{digest} is not in the bundle") from None
+    return idx, info["digest"], info, read
+
+
+def _from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
+    _, j = open_journal(cfg)
+    row = find_bundle(j, ref)
+    stored = _store_reader(cfg)
+
+    def read(digest: str) -> bytes:
+        data = stored(digest)
+        if data is None:
+            raise UsageError(f"{digest} is not in the content store ({row.name} {row.version} is not ingested yet: "
+                             f"give the bundle file instead)")
+        return data
+    states = {s.name: s.state for s in j.steps(row.id)}
+    return row.index(), row.id, {"digest": row.id, "signer": row.signer, "state": row.state, "steps": states}, read
+
+
+@click.command("plan")
+@click.argument("bundle")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (steps with their actions, in order).")
+@handle_errors
+def plan_cmd(bundle: str, config_path: Path | None, as_json: bool) -> None:
+    """Every action the apply steps would take for BUNDLE on this site, in order; nothing is done.
+
+    BUNDLE is a bundle file (its signature is verified first; it need not be ingested) or the name of a bundle
+    the agent has admitted."""
+    from ..apply.plan import build_plan
+
+    cfg = load_config(config_path)
+    site = _site(cfg, "agent plan")
+    path = Path(bundle)
+    idx, bid, info, read = _from_file(cfg, path) if path.is_file() else _from_journal(cfg, bundle)
+    ap = build_plan(idx, site, read, digest=bid)
+    if as_json:
+        doc = ap.json()
+        doc["bundle"].update(sequence=idx.sequence, **{k: v for k, v in info.items() if k != "steps"})
+        for st in doc["steps"]:
+            st["journalStep"] = PREFIX + st["name"]
+            if "steps" in info:
+                st["journalState"] = info["steps"].get(PREFIX + st["name"])
+        emit_json(doc)
+        return
+    click.echo(f"bundle {idx.name} {idx.version} (sequence {idx.sequence}) {bid}, signed by {info['signer']}"
+               + (f"; on this site: {info['state']}" if info.get("state") else ""))
+    click.echo(ap.text())
+    if ap.steps:
+        click.echo(f"(the agent journals these as {PREFIX}<step>; nothing was done)")
+
+
+@click.command("apply")
+@click.argument("name")
+@click.option("--version", "version", default=None, help="Pick this version of NAME (default: the highest sequence).")
+@click.option("--unfinished", is_flag=True, help="Only re-run failed and pending apply steps.")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Path | None, as_json: bool) -> None:
+    """Re-run the apply steps of an ingested bundle (NAME, or a digest prefix) now, in this process.
+
+    Every apply step runs again (they converge: unchanged objects stay unchanged, rows are not duplicated);
+    with --unfinished only failed and pending ones. Shares the site safely with a running agent. Exit 0 when the
+    bundle ends complete, 1 otherwise (pending commands are printed)."""
+    from ..agent import log as agent_log
+    from ..agent.pipeline import Pipeline
+
+    cfg = load_config(config_path)
+    db, j = open_journal(cfg)
+    row = find_bundle(j, name, version)
+    db.close()
+    agent_log.setup()
+    pipe = Pipeline(cfg)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_a: pipe.stop.set())
+    res = pipe.reapply(row.id, everything=not unfinished)
+    steps = [s for s in pipe.journal.steps(row.id) if s.name.startswith(PREFIX)]
+    if as_json:
+        emit_json({**res.json(), "steps": [s.json() for s in steps]})
+    else:
+        click.echo(f"{res.state}: {row.name} {row.version}" + (f" ({res.reason}: {res.detail})"
+                                                              if res.reason and res.detail else ""))
+        for s in steps:
+            click.echo(f"    {s.name:<28} {s.state:<8} {s.detail or ''}")
+    sys.exit(0 if res.state == "complete" else 1)
+
+
+@click.command("mirror-config")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["all", "containerd", "crio"]), default="all", show_default=True,
+              help="containerd hosts.toml files, the CRI-O/podman registries.conf drop-in, or both.")
+@click.option("--json", "as_json", is_flag=True, help="Print {path: content} as JSON.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the files under DIR (DIR/etc/containerd/certs.d/…) instead of printing them.")
+@handle_errors
+def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None) -> None:
+    """Registry-mirror snippets for the nodes: every upstream registry of the published images resolves to the
+    site registry (images Hydra references at runtime, e.g. the vllm-openai CPU image, included).
+
+    Printed as `# ==> PATH <==` headers followed by the file content (each file is valid TOML)."""
+    from ..apply.rewrite import CRIO_FILE, site_mirror_files
+
+    cfg = load_config(config_path)
+    site = _site(cfg, "agent mirror-config")
+    db, _ = open_journal(cfg)
+    refs = [r["ref"] for r in db.query("SELECT DISTINCT ref FROM refs WHERE kind='image' ORDER BY ref")]
+    if not refs:
+        click.echo("no images are published yet", err=True)
+        return
+    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify)
+    if fmt != "all":
+        files = {p: c for p, c in files.items() if (p == CRIO_FILE) == (fmt == "crio")}
+    if as_json:
+        emit_json({"registry": site.registry, "files": files})
+        return
+    if output_dir is not None:
+        for p, content in files.items():
+            dest = output_dir / p.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(content)
+            click.echo(f"wrote {dest}", err=True)
+        return
+    for p, content in files.items():
+        click.echo(f"# ==> {p} <==")
+        click.echo(content)
+    if fmt != "crio":
+        click.echo("# containerd: set config_path = \"/etc/containerd/certs.d\" under "
+                   "[plugins.\"io.containerd.grpc.v1.cri\".registry] and restart containerd")
+
+
+@click.command("ca")
+@config_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CA certificate (PEM) to FILE instead of stdout.")
+@handle_errors
+def ca_cmd(config_path: Path | None, output: Path | None) -> None:
+    """Print the site CA certificate (PEM) that issues the gateway certificates, for operators to trust.
+
+    Created on first use under state_dir/tls (run as the agent's user, or as root: files are given to the
+    state dir's owner). Not used when site.tls names certificate files."""
+    from ..apply.tls import SiteCA, fingerprint
+
+    cfg = load_config(config_path)
+    ca = SiteCA(cfg.tls_dir, cfg.site.cluster_name if cfg.site else "site")
+    pem = ca.pem()
+    if cfg.site is not None and cfg.site.tls is not None:
+        click.echo(f"note: site.tls files are configured ({cfg.site.tls.cert_file}): the gateway uses them, not "
+                   f"this CA", err=True)
+    click.echo(f"site CA {ca.cert_path}, SHA-256 {fingerprint(pem)}", err=True)
+    if output is None:
+        click.echo(pem.decode(), nl=False)
+    else:
+        output.write_bytes(pem)
+        click.echo(f"wrote {output}; trust it, e.g. Debian: sudo cp {shlex.quote(str(output))} "
+                   f"/usr/local/share/ca-certificates/hydra-site-ca.crt && sudo update-ca-certificates", err=True)
