@@ -82,21 +82,62 @@ def overlay_spec(work: Path, net: internet.Internet) -> Path:
     return path
 
 
-class DatasetController(threading.Thread):
-    """Stands in for the BaizeAI dataset controller: for each Dataset it downloads the model from the URI
-    (with rclone's http backend when installed, as the real data loader does) and then reports READY."""
+class Controllers(threading.Thread):
+    """Stands in for what a bare kube-apiserver lacks (no kubelet, no controllers): marks Deployments,
+    DaemonSets and StatefulSets as rolled out, and plays the BaizeAI dataset controller — for each Dataset it
+    downloads the model from the URI (with rclone's http backend when installed, as the real data loader
+    does) and then reports READY."""
 
     def __init__(self, kubeconfig: Path, work: Path):
         super().__init__(daemon=True)
         from kubernetes import client, config
 
-        self.api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
+        api = config.new_client_from_config(str(kubeconfig))
+        self.api = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.admission = client.AdmissionregistrationV1Api(api)
         self.work = work
         self.stop = threading.Event()
         self.done: set[str] = set()
 
+    def webhooks(self) -> None:
+        """No pod runs here, so no admission webhook can answer: remove webhook configurations before the
+        API server tries to call them (MetalLB's fail closed and would block its IPAddressPool)."""
+        for w in self.admission.list_validating_webhook_configuration().items:
+            self.admission.delete_validating_webhook_configuration(w.metadata.name)
+            info(f"stand-in: removed ValidatingWebhookConfiguration {w.metadata.name} (no pods to serve it)")
+        for w in self.admission.list_mutating_webhook_configuration().items:
+            self.admission.delete_mutating_webhook_configuration(w.metadata.name)
+            info(f"stand-in: removed MutatingWebhookConfiguration {w.metadata.name} (no pods to serve it)")
+
+    def workloads(self) -> None:
+        for d in self.apps.list_deployment_for_all_namespaces().items:
+            n = d.spec.replicas if d.spec.replicas is not None else 1
+            st = d.status
+            if st.observed_generation != d.metadata.generation or (st.available_replicas or 0) < n:
+                self.apps.patch_namespaced_deployment_status(d.metadata.name, d.metadata.namespace, {"status": {
+                    "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n,
+                    "readyReplicas": n, "availableReplicas": n}})
+        for ds in self.apps.list_daemon_set_for_all_namespaces().items:
+            if ds.status.observed_generation != ds.metadata.generation:
+                self.apps.patch_namespaced_daemon_set_status(ds.metadata.name, ds.metadata.namespace, {"status": {
+                    "observedGeneration": ds.metadata.generation, "desiredNumberScheduled": 2,
+                    "currentNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+                    "numberAvailable": 2, "numberMisscheduled": 0}})
+        for ss in self.apps.list_stateful_set_for_all_namespaces().items:
+            n = ss.spec.replicas if ss.spec.replicas is not None else 1
+            if ss.status.observed_generation != ss.metadata.generation:
+                self.apps.patch_namespaced_stateful_set_status(ss.metadata.name, ss.metadata.namespace, {"status": {
+                    "observedGeneration": ss.metadata.generation, "replicas": n, "readyReplicas": n,
+                    "updatedReplicas": n, "currentReplicas": n}})
+
     def run(self) -> None:
         while not self.stop.wait(1.0):
+            try:
+                self.webhooks()
+                self.workloads()
+            except Exception:
+                pass
             try:
                 items = self.api.list_namespaced_custom_object("dataset.baizeai.io", "v1alpha1", "public",
                                                                "datasets")["items"]
@@ -125,7 +166,7 @@ class DatasetController(threading.Thread):
                 self.done.add(name)
 
 
-def start_site(work: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], list[Any], list[str]]:
+def start_site(work: Path, fixtures: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], list[Any], list[str]]:
     """A local kube-apiserver and MariaDB when available. Returns (site config, things to stop, skipped)."""
     from tests.support import kube, mariadb
 
@@ -144,9 +185,14 @@ def start_site(work: Path, log: Callable[[str], None]) -> tuple[dict[str, Any], 
     core = client.CoreV1Api(config.new_client_from_config(str(api.kubeconfig)))
     for n in ("worker-1", "worker-2"):
         core.create_node({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}})
-    log("nodes worker-1, worker-2 (no GPU: nothing advertises nvidia.com/gpu)")
+    log("nodes worker-1, worker-2 (no GPU: nothing advertises nvidia.com/gpu); no kubelet or controllers: a "
+        "stand-in marks workloads rolled out and plays the dataset controller")
+    crd = yaml.safe_load((fixtures / "baizeai-dataset-v0.1.11/dataset.baizeai.io_datasets.yaml").read_text())
+    client.ApiextensionsV1Api(config.new_client_from_config(str(api.kubeconfig))).create_custom_resource_definition(crd)
+    log("Dataset CRD (dataset.baizeai.io) pre-installed: DCE sites have it from AI Lab (runbook: use "
+        "dataset.baizeai.io)")
     site.update(kubeconfig=str(api.kubeconfig))
-    ctl = DatasetController(api.kubeconfig, work)
+    ctl = Controllers(api.kubeconfig, work)
     ctl.start()
     stops.append(ctl)
     if mariadb.missing_binaries() is None:
@@ -215,7 +261,7 @@ def main() -> int:
         info(f"{drop / bundle.name}")
 
         say("4/6 starting the site: kube-apiserver, MariaDB (when installed)")
-        site, site_stops, skipped = start_site(work, info)
+        site, site_stops, skipped = start_site(work, fixtures, info)
         stops += site_stops
         for s in skipped:
             info(f"skipped: {s}")
@@ -241,7 +287,7 @@ def main() -> int:
 
         say("6/6 waiting for the agent: verify → ingest → publish → apply")
         deadline = time.monotonic() + args.timeout
-        last = ""
+        seen: set[str] = set()
         state_now = ""
         while time.monotonic() < deadline:
             if agent.poll() is not None:
@@ -252,11 +298,12 @@ def main() -> int:
             if bundles:
                 b = bundles[0]
                 state_now = b["state"]
-                running = [s for s in b["steps"] if s["state"] in ("running", "failed")]
-                line = f"{state_now}: " + (", ".join(f"{s['name']} {s['state']}" for s in running) or "…")
-                if line != last:
-                    info(line)
-                    last = line
+                for st in b["steps"]:
+                    key = f"{st['name']} {st['state']}"
+                    if st["state"] in ("done", "skipped", "pending", "failed") and key not in seen and \
+                            not (st["state"] == "pending" and not st.get("detail")):
+                        seen.add(key)
+                        info(f"{st['name']:<34} {st['state']:<8} {(st.get('detail') or '')[:110]}")
                 if state_now in ("complete", "waiting", "quarantined"):
                     break
             time.sleep(1)

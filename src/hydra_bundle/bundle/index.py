@@ -120,6 +120,16 @@ class BundleIndex(_Model):
     blobs: list[Blob]          # in tar order
     spec: dict[str, Any] = {}  # the normalized spec (deploy steps, values) for the agent
 
+    @field_validator("created", "expires")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_time(v)
+            except ValueError:
+                raise ValueError("must be an RFC 3339 time such as 2026-11-27T06:00:00Z") from None
+        return v
+
     def to_bytes(self) -> bytes:
         return canonical_json(self.model_dump(mode="json", exclude_none=True))
 

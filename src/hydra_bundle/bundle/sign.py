@@ -92,6 +92,8 @@ def verify(keys: list[ec.EllipticCurvePublicKey], data: bytes, sig_b64: bytes) -
         der = base64.b64decode(sig_b64.strip(), validate=True)
     except (binascii.Error, ValueError) as e:
         raise VerifyError("bad-signature", "signature member is not base64") from e
+    if base64.b64encode(der) != sig_b64.strip():  # unused low bits of the last digit: no other spelling passes
+        raise VerifyError("bad-signature", "signature member is not canonical base64")
     if not keys:
         raise VerifyError("no-trusted-keys", "no trusted public key configured")
     for k in keys:

@@ -158,6 +158,27 @@ _ALLOWED_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
 _PAX_KEYS = {"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "hdrcharset"}
 
 
+def _check_header_block(blk: bytes, name: str) -> None:
+    """tarfile skips the checksum field when it sums a header and stops reading it at its NUL, so bytes there
+    could change unnoticed: require exactly what the writer emits (six octal digits, NUL, space)."""
+    if len(blk) != BLOCK or blk[148:156] != b"%06o\0 " % tarfile.calc_chksums(blk)[0]:
+        raise VerifyError("bad-member", f"{name}: tar header checksum field is not in canonical form")
+
+
+def _check_pax_data(data: bytes, size: int, name: str) -> None:
+    """The records of a PAX header must fill exactly its declared size (tarfile stops at the first record it
+    cannot parse and ignores the rest), and the block padding after them must be zero."""
+    pos = 0
+    while pos < size:
+        sp = data.find(b" ", pos, min(pos + 21, size))
+        n = int(data[pos:sp]) if sp > pos and data[pos:sp].isdigit() else 0
+        if n <= max(sp - pos + 1, 0) or pos + n > size or data[pos + n - 1] != 0x0A:
+            raise VerifyError("bad-member", f"{name}: malformed PAX header record at byte {pos}")
+        pos += n
+    if data[size:].count(0) != len(data) - size:
+        raise VerifyError("trailing-data", f"{name}: non-zero bytes after the PAX header records")
+
+
 def check_member_name(name: str) -> None:
     """Refuse absolute paths, ``..``, empty or odd components, backslashes and NULs."""
     if not name or name.startswith("/") or "\\" in name or "\0" in name:
@@ -182,6 +203,8 @@ class TarReader:
             self.tf = tarfile.TarFile(fileobj=f, mode="r")
         except tarfile.TarError as e:
             raise VerifyError("not-a-tar", f"not a tar archive ({e})") from None
+        except Exception as e:  # tarfile parses untrusted bytes: any other failure is a malformed header too
+            raise VerifyError("not-a-tar", f"not a tar archive ({type(e).__name__}: {e})") from None
         self.seen: set[str] = set()
         self._end = 0
 
@@ -191,11 +214,17 @@ class TarReader:
                 ti = self.tf.next()
             except tarfile.TarError as e:
                 raise VerifyError("truncated", f"tar structure broken or truncated ({e})") from None
+            except Exception as e:  # e.g. an overflowing or undecodable field in a hostile header
+                raise VerifyError("bad-member", f"unreadable tar header after byte {self._end} "
+                                  f"({type(e).__name__}: {e})") from None
             if ti is None:
                 break
             self.tf.members.clear()  # tarfile keeps every member otherwise: memory must not grow
             name = ti.name
             check_member_name(name)
+            if ti.size < 0:
+                raise VerifyError("bad-member", f"{name}: negative size {ti.size} in its tar header")
+            self._check_headers(ti)
             if ti.type not in _ALLOWED_TYPES:
                 kind = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char device",
                         tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo", tarfile.DIRTYPE: "directory"}
@@ -212,6 +241,23 @@ class TarReader:
                 raise VerifyError("truncated", f"{name}: member data runs past the end of the file")
             self._end = ti.offset_data + ti.size + (-ti.size % BLOCK)
             yield Entry(name, ti.size, ti.offset_data)
+
+    def _check_headers(self, ti: tarfile.TarInfo) -> None:
+        """Every header byte must matter: canonical checksum fields, PAX (not GNU) extension headers whose
+        records fill them exactly."""
+        first = os.pread(self.fd, BLOCK, ti.offset)
+        _check_header_block(first, ti.name)
+        if ti.offset_data - ti.offset == BLOCK:
+            return
+        if first[156:157] != tarfile.XHDTYPE:
+            raise VerifyError("bad-member", f"{ti.name}: {first[156:157]!r} extension headers are not allowed "
+                              "(only PAX)")
+        size = tarfile.nti(first[124:136])
+        start, end = ti.offset + BLOCK, ti.offset_data - BLOCK
+        if size < 0 or end - start != size + (-size % BLOCK):
+            raise VerifyError("bad-member", f"{ti.name}: more than one extension header")
+        _check_pax_data(os.pread(self.fd, end - start, start), size, ti.name)
+        _check_header_block(os.pread(self.fd, BLOCK, end), ti.name)
 
     def check_trailer(self) -> None:
         """After the last member only zero padding may follow (no smuggled data)."""

@@ -30,31 +30,62 @@ class _Positions:
         return self.lines.get(loc, 1)
 
 
-def _construct(node: yaml.Node, loc: Loc, pos: _Positions, problems: list[str], fname: str) -> Any:
-    if isinstance(node, yaml.MappingNode):
+MAX_NODES = 1_000_000  # after alias expansion ("billion laughs" documents are refused, not expanded)
+MAX_DEPTH = 64
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.nodes = 0
+        self.active: set[int] = set()   # ids of the collection nodes being built (a recursive alias loops back)
+
+
+def _scalar(node: yaml.Node, fname: str) -> Any:
+    try:
+        return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:  # !!int abc, !foo, !!timestamp 2020-13-45
+        what = getattr(e, "problem", None) or str(e)
+        raise SpecError([f"{fname}:{node.start_mark.line + 1}: cannot read {node.tag!r} value: {what}"]) from None
+
+
+def _construct(node: yaml.Node, loc: Loc, pos: _Positions, problems: list[str], fname: str,
+               budget: _Budget | None = None) -> Any:
+    budget = budget or _Budget()
+    budget.nodes += 1
+    line = node.start_mark.line + 1
+    if budget.nodes > MAX_NODES:
+        raise SpecError([f"{fname}:{line}: document has more than {MAX_NODES} values (YAML aliases expanded)"])
+    if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        return _scalar(node, fname)
+    if len(loc) >= MAX_DEPTH or id(node) in budget.active:
+        why = f"nested deeper than {MAX_DEPTH} levels" if len(loc) >= MAX_DEPTH else "recursive YAML alias"
+        raise SpecError([f"{fname}:{line}: {fmt_loc(loc)}: {why}"])
+    budget.active.add(id(node))
+    try:
+        if isinstance(node, yaml.SequenceNode):
+            items = []
+            for i, item in enumerate(node.value):
+                sub = (*loc, i)
+                pos.lines[sub] = item.start_mark.line + 1
+                items.append(_construct(item, sub, pos, problems, fname, budget))
+            return items
         out: dict[Any, Any] = {}
         for k, v in node.value:
             if k.tag == "tag:yaml.org,2002:merge":
                 problems.append(f"{fname}:{k.start_mark.line + 1}: {fmt_loc(loc)}: YAML merge keys are not supported")
                 continue
-            key = yaml.SafeLoader.construct_object(_LOADER, k, deep=True)  # type: ignore[arg-type]
-            if isinstance(key, list | dict):
+            key = _scalar(k, fname) if isinstance(k, yaml.ScalarNode) else None
+            if not isinstance(k, yaml.ScalarNode) or isinstance(key, list | dict | set):
                 problems.append(f"{fname}:{k.start_mark.line + 1}: {fmt_loc(loc)}: keys must be scalars")
                 continue
             if key in out:
                 problems.append(f"{fname}:{k.start_mark.line + 1}: {fmt_loc((*loc, key))}: duplicate key")
             sub = (*loc, key)
             pos.lines[sub] = k.start_mark.line + 1
-            out[key] = _construct(v, sub, pos, problems, fname)
+            out[key] = _construct(v, sub, pos, problems, fname, budget)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, item in enumerate(node.value):
-            sub = (*loc, i)
-            pos.lines[sub] = item.start_mark.line + 1
-            items.append(_construct(item, sub, pos, problems, fname))
-        return items
-    return yaml.SafeLoader.construct_object(_LOADER, node, deep=True)  # type: ignore[arg-type]
+    finally:
+        budget.active.discard(id(node))
 
 
 _LOADER = yaml.SafeLoader("")
@@ -75,6 +106,8 @@ def parse_yaml(text: str, fname: str) -> tuple[Any, _Positions]:
     problems: list[str] = []
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError([f"{fname}:1: not valid YAML: nested too deeply"]) from None
     except yaml.MarkedYAMLError as e:
         line = (e.problem_mark.line + 1) if e.problem_mark else 1
         raise SpecError([f"{fname}:{line}: not valid YAML: {e.problem}"]) from None

@@ -84,11 +84,8 @@ class ImageSpec(_Strict):
     @field_validator("ref")
     @classmethod
     def _ref(cls, v: str) -> str:
-        if v.startswith("docker-daemon:"):
-            Reference.parse(v[len("docker-daemon:"):])
-            return v
         try:
-            Reference.parse(v)
+            Reference.parse(v.removeprefix("docker-daemon:"))
         except UsageError as e:
             raise ValueError(str(e)) from None
         return v

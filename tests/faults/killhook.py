@@ -1,0 +1,182 @@
+"""The ``hydra-bundle`` CLI with one kill point armed: ``python -m tests.faults.killhook agent run --config …``.
+
+With ``HYDRA_FAULT=POINT[@N]`` in the environment the process SIGKILLs itself (no cleanup, no atexit, exactly like
+``kill -9``) the N-th time (default 1) it reaches POINT. The hooks wrap real functions of the agent without
+changing what they do; POINTS says where each one fires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+POINTS = {
+    "blob-start": "a blob the store lacks is about to be written (no temp file yet)",
+    "mid-blob": "half of a new blob's bytes are in its temp file",
+    "blob-before-rename": "a blob is complete and fsynced in tmp/, not yet renamed to its digest",
+    "blob-after-rename": "a blob was renamed to its digest, the directory not yet fsynced",
+    "ingest-before-done": "every blob is stored, the journal does not know yet",
+    "between-steps": "ingest is recorded done, publish has not started",
+    "publish-in-tx": "inside the publish transaction, before COMMIT",
+    "publish-before-index": "published in the journal, store/index.json not yet rewritten",
+    "index-tmp-written": "the new store/index.json is written to tmp/, not yet renamed",
+    "before-complete": "publish (or push) recorded done, the bundle not yet complete",
+    "push-mid-upload": "a chunk of a blob upload was sent to the push registry",
+    "push-before-manifest": "the blobs of a manifest are pushed, the manifest is not",
+}
+
+_counts: dict[str, int] = {}
+_writing_index = False  # inside the publish step's rewrite of store/index.json
+
+
+def _armed() -> tuple[str, int] | None:
+    spec = os.environ.get("HYDRA_FAULT")
+    if not spec:
+        return None
+    point, _, n = spec.partition("@")
+    if point not in POINTS:
+        raise SystemExit(f"HYDRA_FAULT: unknown point {point!r} (one of {', '.join(POINTS)})")
+    return point, int(n or 1)
+
+
+ARMED = _armed()
+
+
+def hit(point: str) -> None:
+    if ARMED is None or ARMED[0] != point:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    if _counts[point] == ARMED[1]:
+        sys.stderr.write(f"killhook: SIGKILL at {point}@{ARMED[1]}\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install() -> None:
+    from hydra_bundle.agent import journal, published, store
+    from hydra_bundle.bundle import reader
+    from hydra_bundle.oci import client
+
+    orig_put = store.Store.put_member
+
+    def put_member(self: store.Store, member: reader.BlobMember, progress: Any = None) -> bool:
+        if not self.has(member.digest, member.size):
+            hit("blob-start")
+        return orig_put(self, member, progress)
+
+    store.Store.put_member = put_member  # type: ignore[method-assign]
+
+    orig_read = reader.BlobMember.read_into
+
+    def read_into(self: reader.BlobMember, sink: Callable[[memoryview], object] | None,
+                  progress: Any = None) -> None:
+        if sink is None or self.size == 0:
+            return orig_read(self, sink, progress)
+        done = 0
+        fired = False
+
+        def counting(chunk: memoryview) -> None:
+            nonlocal done, fired
+            sink(chunk)
+            done += len(chunk)
+            if not fired and done * 2 >= self.size:
+                fired = True
+                hit("mid-blob")
+
+        return orig_read(self, counting, progress)
+
+    reader.BlobMember.read_into = read_into  # type: ignore[method-assign]
+
+    orig_replace = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        d = Path(dst)
+        blob = d.parent.name == "sha256" and d.parent.parent.name == "blobs"
+        if blob:
+            hit("blob-before-rename")
+        elif d.name == "index.json" and _writing_index:
+            hit("index-tmp-written")
+        orig_replace(src, dst, **kw)
+        if blob:
+            hit("blob-after-rename")
+
+    os.replace = replace
+
+    orig_finished = journal.Journal.step_finished
+
+    def step_finished(self: journal.Journal, bundle_id: str, name: str, state: str, *a: Any, **kw: Any) -> None:
+        if name == "ingest" and state == journal.DONE:
+            hit("ingest-before-done")
+        orig_finished(self, bundle_id, name, state, *a, **kw)
+        if name == "ingest" and state == journal.DONE:
+            hit("between-steps")
+        if name in ("publish", "push") and state == journal.DONE:
+            hit("before-complete")
+
+    journal.Journal.step_finished = step_finished  # type: ignore[method-assign]
+
+    orig_publish = published.Published.publish
+
+    def publish(self: published.Published, *a: Any, **kw: Any) -> None:
+        db = self.db
+        orig_tx = db.tx
+
+        @contextlib.contextmanager
+        def tx() -> Iterator[Any]:
+            with orig_tx() as c:
+                yield c
+                hit("publish-in-tx")  # every row is written, COMMIT has not run
+
+        db.tx = tx  # type: ignore[method-assign]
+        try:
+            orig_publish(self, *a, **kw)
+        finally:
+            del db.tx
+
+    published.Published.publish = publish  # type: ignore[method-assign]
+
+    orig_write_index = store.Store.write_index
+
+    def write_index(self: store.Store, manifests: list[dict[str, Any]]) -> None:
+        global _writing_index
+        if manifests:
+            hit("publish-before-index")
+        _writing_index = bool(manifests)
+        try:
+            orig_write_index(self, manifests)
+        finally:
+            _writing_index = False
+
+    store.Store.write_index = write_index  # type: ignore[method-assign]
+
+    orig_request = client.RegistryClient.request
+
+    def request(self: client.RegistryClient, method: str, *a: Any, **kw: Any) -> Any:
+        resp = orig_request(self, method, *a, **kw)
+        if method == "PATCH":
+            hit("push-mid-upload")
+        return resp
+
+    client.RegistryClient.request = request  # type: ignore[method-assign]
+
+    orig_put_manifest = client.RegistryClient.put_manifest
+
+    def put_manifest(self: client.RegistryClient, *a: Any, **kw: Any) -> str:
+        hit("push-before-manifest")
+        return orig_put_manifest(self, *a, **kw)
+
+    client.RegistryClient.put_manifest = put_manifest  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    if ARMED is not None:
+        install()
+    from hydra_bundle.cli.main import main
+
+    sys.argv[0] = "hydra-bundle"
+    main()
