@@ -12,9 +12,7 @@ import mimetypes
 import posixpath
 from urllib.parse import quote, unquote, urlsplit
 
-from .httpbase import Handler
-from .published import Published
-from .store import Store
+from .httpbase import StoreHandler
 
 AREAS = {"model": "model", "files": "files"}
 
@@ -26,22 +24,8 @@ def _listing(title: str, entries: list[str]) -> bytes:
             f"<h1>Index of {t}</h1>\n<ul>\n{items}\n</ul>\n</body></html>\n").encode()
 
 
-class FileHandler(Handler):
+class FileHandler(StoreHandler):
     server_version = "hydra-bundle-files"
-
-    @property
-    def published(self) -> Published:
-        return self.srv.context["published"]  # type: ignore[no-any-return]
-
-    @property
-    def store(self) -> Store:
-        return self.srv.context["store"]  # type: ignore[no-any-return]
-
-    def do_GET(self) -> None:
-        self._route()
-
-    def do_HEAD(self) -> None:
-        self._route()
 
     def _not_found(self) -> None:
         self.reply(404, b"not found\n")

@@ -12,7 +12,11 @@ from collections.abc import Callable
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .published import Published
+    from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -148,3 +152,24 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(405, b"read-only\n", {"Allow": "GET, HEAD"})
 
     do_POST = do_PUT = do_PATCH = do_DELETE = lambda self: self.method_not_allowed()
+
+
+class StoreHandler(Handler):
+    """Base of the read-only servers over the published view and the content store (registry, files)."""
+
+    @property
+    def published(self) -> Published:
+        return self.srv.context["published"]  # type: ignore[no-any-return]
+
+    @property
+    def store(self) -> Store:
+        return self.srv.context["store"]  # type: ignore[no-any-return]
+
+    def do_GET(self) -> None:
+        self._route()
+
+    def do_HEAD(self) -> None:
+        self._route()
+
+    def _route(self) -> None:
+        raise NotImplementedError

@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from .httpbase import Handler
-from .published import Published
-from .store import Store
+from .httpbase import StoreHandler
 
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
 _BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64})$")
@@ -39,22 +37,8 @@ def _page(items: list[str], query: dict[str, list[str]]) -> tuple[list[str], boo
     return items, False
 
 
-class RegistryHandler(Handler):
+class RegistryHandler(StoreHandler):
     server_version = "hydra-bundle-registry"
-
-    @property
-    def published(self) -> Published:
-        return self.srv.context["published"]  # type: ignore[no-any-return]
-
-    @property
-    def store(self) -> Store:
-        return self.srv.context["store"]  # type: ignore[no-any-return]
-
-    def do_GET(self) -> None:
-        self._route()
-
-    def do_HEAD(self) -> None:
-        self._route()
 
     def method_not_allowed(self) -> None:
         self.close_connection = True

@@ -67,6 +67,12 @@ class KubeStep(Step):
         k.sleep = rt.sleep
         return k
 
+    def begin(self, rt: Runtime) -> tuple[Deadline, Kube, StepResult | None]:
+        """Start a run: the step's deadline, the kube adapter bound to it, and the skip result (``when``)."""
+        deadline = Deadline(self.timeout)
+        kube = self.kube(rt, deadline)
+        return deadline, kube, self.skipped(rt)
+
     def skipped(self, rt: Runtime) -> StepResult | None:
         why = self._skip_reason(rt)
         return StepResult("skipped", f"skipped: {why}") if why else None
@@ -118,12 +124,10 @@ class ManifestsStep(KubeStep):
         return out
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        emit = _emit(progress, self.name)
-        skip = self.skipped(rt)
+        deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
+        emit = _emit(progress, self.name)
         ordered = self.ordered()
         total = len(ordered)
         outcomes: list[tuple[str, str]] = []
@@ -178,9 +182,7 @@ class LabelNodesStep(KubeStep):
         return [self._action("label-node", f"Node {n}", lbl) for n in targets]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        skip = self.skipped(rt)
+        _, kube, skip = self.begin(rt)
         if skip:
             return skip
         names = self.nodes
@@ -340,12 +342,10 @@ class WarmupStep(KubeStep):
         return out
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        emit = _emit(progress, self.name)
-        skip = self.skipped(rt)
+        deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
+        emit = _emit(progress, self.name)
         try:
             kube.resource(DATASET_API, DATASET_KIND, wait=5)
         except ApplyError:
@@ -393,9 +393,7 @@ class WaitForStep(KubeStep):
         return [self._action("wait", str(key_of(t)), "ready") for t in self.targets]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        skip = self.skipped(rt)
+        deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
         emit = _emit(progress, self.name)
@@ -443,12 +441,10 @@ class TlsStep(KubeStep):
         return SiteCA(rt.tls_dir, rt.site.cluster_name).leaf(f"{self.namespace}-{self.secret}", self.hosts)
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        emit = _emit(progress, self.name)
-        skip = self.skipped(rt)
+        _, kube, skip = self.begin(rt)
         if skip:
             return skip
+        emit = _emit(progress, self.name)
         m = self.material(rt)
         outcomes = []
         if kube.get("v1", "Namespace", self.namespace) is None:
