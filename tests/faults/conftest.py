@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hydra_bundle.bundle.index import BundleIndex
 from hydra_bundle.bundle.reader import open_bundle
@@ -19,6 +20,7 @@ from hydra_bundle.bundle.sign import keygen
 from hydra_bundle.digest import sha256_bytes
 from tests.faults.support import FaultAgent, bundle_states, journal, registry_tags, served_state, wait_until
 from tests.support.agent import build_bundle
+from tests.support.bundles import run_cli
 from tests.support.chartrepo import make_chart
 from tests.support.images import make_image, make_index, push_helm_chart, push_image, push_index
 from tests.support.registry import Registry
@@ -68,6 +70,28 @@ def fault_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     k, p = keygen(d / "release")
     ok, op = keygen(d / "other")
     return Keys(k, p, ok, op)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(fault_keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A 40 KB bundle from local files only (a manifest, a file, a two-file model): fast enough to fuzz."""
+    d = tmp_path_factory.mktemp("small-bundle")
+    rnd = random.Random(941)
+    (d / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: small}\n")
+    (d / "tool.bin").write_bytes(rnd.randbytes(9_000))
+    (d / "model").mkdir()
+    (d / "model" / "config.json").write_text('{"hidden_size": 8}')
+    (d / "model" / "w.safetensors").write_bytes(rnd.randbytes(3_000))
+    spec = _spec("small", "1.0.0", 1, manifests=[{"name": "cm", "path": "cm.yaml"}],
+                 files=[{"name": "tool", "path": "tool.bin"}],
+                 models=[{"name": "tiny", "path": "model", "files": [{"path": "config.json"},
+                                                                    {"path": "w.safetensors"}]}])
+    (d / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = d / "small.tar"
+    res = run_cli(["build", d / "spec.yaml", "-o", out, "--key", fault_keys.key, "-q", "--cache-dir", d / "cache"],
+                  env={"SOURCE_DATE_EPOCH": "1700000000"})
+    assert res.exit_code == 0, res.output
+    return _load(out)
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ def _num(name: str, default: float) -> float:
 TRIALS = _num("HYDRA_FAULTS_TRIALS", 1)
 FUZZ_SECONDS = _num("HYDRA_FUZZ_SECONDS", 60)
 SEED = int(os.environ.get("HYDRA_FAULTS_SEED") or random.SystemRandom().randrange(1 << 30))
+TIMEOUT = int(600 * max(1.0, TRIALS))  # per test: the long form runs more trials
 
 
 def trials(default: int) -> int:

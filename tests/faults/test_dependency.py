@@ -20,6 +20,7 @@ import pytest
 from tests.faults.conftest import Bundles, Keys, Reference, complete, make_agent
 from tests.faults.support import (
     SEED,
+    TIMEOUT,
     FaultAgent,
     Tally,
     bundle_states,
@@ -36,7 +37,7 @@ from tests.faults.support import (
 )
 from tests.support.registry import Registry
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 
 class RestartableRegistry(Registry):

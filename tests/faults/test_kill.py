@@ -19,6 +19,7 @@ from tests.faults.conftest import Bundle, Bundles, Keys, Reference, complete, ma
 from tests.faults.killhook import POINTS
 from tests.faults.support import (
     SEED,
+    TIMEOUT,
     FaultAgent,
     Tally,
     bundle_states,
@@ -35,7 +36,7 @@ from tests.faults.support import (
 )
 from tests.support.registry import Registry
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 class Points:
     """Every kill point in turn (shuffled, timer kills three times as often), so a bounded run covers them all."""

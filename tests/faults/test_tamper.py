@@ -17,11 +17,11 @@ from hydra_bundle.bundle.sign import load_public_key
 from hydra_bundle.errors import VerifyError
 from hydra_bundle.oci import mediatypes as mt
 from tests.faults.conftest import Bundle, Bundles, Keys
-from tests.faults.support import SEED, Tally, journal, rng, store_blobs, trials
+from tests.faults.support import SEED, TIMEOUT, Tally, journal, rng, store_blobs, trials
 from tests.support.agent import AgentProc, wait_for
 from tests.support.bundles import tar_members
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 Ranges = list[tuple[int, int]]
 

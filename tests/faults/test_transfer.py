@@ -13,6 +13,7 @@ import pytest
 
 from tests.faults.conftest import Bundles, Keys
 from tests.faults.support import (
+    TIMEOUT,
     Tally,
     bundle_states,
     journal,
@@ -24,7 +25,7 @@ from tests.faults.support import (
 )
 from tests.support.agent import AgentProc
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
 
 def events(agent: AgentProc) -> list[str]:

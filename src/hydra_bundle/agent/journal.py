@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS history(
   event TEXT NOT NULL, detail TEXT);
 CREATE TABLE IF NOT EXISTS drops(
   path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, bundle_id TEXT, outcome TEXT, at REAL);
+CREATE TABLE IF NOT EXISTS parts(
+  bundle_id TEXT NOT NULL, part INTEGER NOT NULL, source TEXT, at REAL, PRIMARY KEY(bundle_id, part));
 CREATE TABLE IF NOT EXISTS refs(
   repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, kind TEXT NOT NULL,
   ref TEXT NOT NULL, bundle_id TEXT NOT NULL, published_at REAL NOT NULL, PRIMARY KEY(repo, tag));
@@ -253,6 +255,16 @@ class Journal:
                           (SKIPPED, bundle_id, PENDING, STEP_RUNNING))
             self._event(c, bundle_id, name, version, "quarantined", f"{reason}: {detail}")
 
+    def part_done(self, bundle_id: str, part: int, source: str) -> None:
+        """A part of a split bundle is ingested (its blobs and segments are in the store, fsynced)."""
+        with self.db.tx() as c:
+            c.execute("INSERT OR REPLACE INTO parts(bundle_id, part, source, at) VALUES(?,?,?,?)",
+                      (bundle_id, part, source, time.time()))
+
+    def parts_done(self, bundle_id: str) -> dict[int, str]:
+        return {r["part"]: r["source"] for r in self.db.query("SELECT part, source FROM parts WHERE bundle_id=?",
+                                                               (bundle_id,))}
+
     def set_state(self, bundle_id: str, state: str, reason: str | None = None, detail: str | None = None) -> None:
         now = time.time()
         with self.db.tx() as c:
@@ -371,8 +383,14 @@ class Journal:
         out = []
         for b in self.bundles():
             comps: list[dict[str, Any]] = []
+            extra: dict[str, Any] = {}
             if b.index_json:
                 idx = json.loads(b.index_json)
+                if idx.get("parts"):
+                    n = idx["parts"]["count"]
+                    have = sorted(self.parts_done(b.id))
+                    extra["parts"] = {"of": n, "received": have,
+                                      "missing": [k for k in range(1, n + 1) if k not in have]}
                 for kind, items in (idx.get("components") or {}).items():
                     for item in items:
                         comps.append({"kind": kind[:-1], "ref": item["ref"], "digest": item["digest"],
@@ -382,6 +400,6 @@ class Journal:
                 "state": b.state, "verified": bool(b.verified), "source": b.source, "signer": b.signer,
                 "size": b.size, "created": b.created, "expires": b.expires, "receivedAt": _iso(b.received_at),
                 "updatedAt": _iso(b.updated_at), "completedAt": _iso(b.completed_at), "reason": b.reason,
-                "detail": b.detail, "steps": [s.json() for s in self.steps(b.id)], "components": comps,
+                "detail": b.detail, "steps": [s.json() for s in self.steps(b.id)], "components": comps, **extra,
             })
         return out

@@ -27,10 +27,11 @@ from ..bundle.reader import OpenBundle, open_bundle
 from ..digest import sha256_bytes
 from ..errors import VerifyError
 from .config import AgentConfig
-from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, Database, Journal
+from .ingest import assemble_ready, ingest_part
+from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, WAITING, Database, Journal
 from .published import Published
 from .quarantine import quarantine
-from .steps import StepContext, plan, run_steps
+from .steps import Interrupted, StepContext, plan, run_steps
 from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
@@ -167,7 +168,78 @@ class Pipeline:
                 self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
                 log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,
                                                           "sequence": idx.sequence, "digest": bid, "file": str(path)}})
+            if ob.part is not None:
+                return self._process_part(path, st, ob, bid)
             return self._run(bid, idx, ob, path, st)
+
+    def _process_part(self, path: Path, st: os.stat_result, ob: OpenBundle, bid: str) -> Result:
+        """One part of a split bundle: ingest it alone (verify-first), then run the steps once the set is complete.
+        A bad part is quarantined on its own; the parts already in are kept."""
+        idx = ob.index
+        assert idx.parts is not None and ob.part is not None
+        done = self.journal.parts_done(bid)
+        if ob.part in done:
+            self.journal.event(bid, idx.name, idx.version, "duplicate", f"{path}: part {ob.part} already ingested")
+            self.journal.record_drop(str(path), *_sig(st), bid, "part")
+        else:
+            try:
+                detail = ingest_part(self.store, ob, self.config.limits, self.progress, self._check_stop)
+                self.journal.part_done(bid, ob.part, str(path))
+            except VerifyError as e:
+                return self._refuse_part(path, st, ob, bid, e)
+            except Interrupted:  # agent stopping: the part is read again on the next start
+                return Result("interrupted", bid, idx.name, idx.version, None, f"part {ob.part} interrupted")
+            self.journal.record_drop(str(path), *_sig(st), bid, "part")
+            self.journal.event(bid, idx.name, idx.version, "part", f"{path}: {detail}")
+            log.info("part ingested", extra={"kv": {"bundle": idx.name, "version": idx.version, "part": ob.part,
+                                                    "of": idx.parts.count, "file": str(path)}})
+            done = self.journal.parts_done(bid)
+        try:
+            assemble_ready(self.store, idx, set(done), self.progress)
+        except VerifyError as e:
+            return self._refuse_part(path, st, ob, bid, e)
+        missing = [k for k in range(1, idx.parts.count + 1) if k not in done]
+        if missing:
+            detail = f"waiting for parts {', '.join(map(str, missing))} of {idx.parts.count}"
+            self.journal.set_state(bid, WAITING, "parts-missing", detail)
+            return Result(WAITING, bid, idx.name, idx.version, "parts-missing", detail)
+        res = self._run(bid, idx, None, path, st)
+        if res.state == COMPLETE and self.config.drops == "delete":
+            for src in done.values():
+                p = Path(src)
+                if self.in_drop_dir(p):
+                    p.unlink(missing_ok=True)
+                    self.journal.forget_drop(src)
+        return res
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
+
+    def _refuse_part(self, path: Path, st: os.stat_result, ob: OpenBundle, bid: str, e: VerifyError) -> Result:
+        idx = ob.index
+        assert idx.parts is not None
+        if e.reason in _MAYBE_UNSETTLED:
+            try:
+                changed = _sig(path.stat()) != _sig(st)
+            except FileNotFoundError:
+                changed = True
+            if changed:
+                return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
+        info = {"digest": bid, "name": idx.name, "version": idx.version, "sequence": idx.sequence,
+                "signatureVerified": True, "part": ob.part, "of": idx.parts.count}
+        reason_file = quarantine(self.config.quarantine_dir, path, self.in_drop_dir(path), e.reason, e.detail, info)
+        self.journal.forget_drop(str(path))
+        done = self.journal.parts_done(bid)
+        missing = [k for k in range(1, idx.parts.count + 1) if k not in done]
+        detail = (f"part {ob.part} quarantined ({e.reason}: {e.detail}); waiting for parts "
+                  f"{', '.join(map(str, missing))} of {idx.parts.count}")
+        self.journal.set_state(bid, WAITING, "parts-missing", detail)
+        self.journal.event(bid, idx.name, idx.version, "quarantined", f"part {ob.part}: {e.reason}: {e.detail}")
+        log.warning("part quarantined", extra={"kv": {"bundle": idx.name, "version": idx.version, "part": ob.part,
+                                                      "reason": e.reason, "detail": e.detail, "file": str(path),
+                                                      "reason_file": str(reason_file)}})
+        return Result(QUARANTINED, bid, idx.name, idx.version, e.reason, f"part {ob.part}: {e.detail}")
 
     def _admission_checks(self, ob: OpenBundle, bid: str) -> None:
         idx = ob.index

@@ -51,6 +51,11 @@ class StepPending(Exception):
     step stays ``pending`` with that detail, the bundle is ``waiting`` and the step is retried later."""
 
 
+class Blocked(StepPending):
+    """Like StepPending, but the steps after it must not run (e.g. ingest lacks a blob a delta bundle left
+    out): the step stays ``pending``, the bundle ``waiting`` with this detail, and the run ends here."""
+
+
 class Interrupted(Exception):
     """The agent is stopping; the step stays pending and resumes on the next start."""
 
@@ -165,6 +170,11 @@ def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
             j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None, ctx.result)
             ctx.log.info("step skipped", extra=_kv(ctx, step=d.name, detail=str(e)))
             continue
+        except Blocked as e:
+            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None, ctx.result)
+            ctx.log.warning("step blocked", extra=_kv(ctx, step=d.name, detail=str(e)))
+            j.set_state(ctx.bundle_id, WAITING, "blocked", f"{d.name}: {e}")
+            return Outcome(WAITING, d.name, f"{d.name}: {e}")
         except StepPending as e:
             j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None, ctx.result)
             ctx.log.warning("step pending", extra=_kv(ctx, step=d.name, detail=str(e)))

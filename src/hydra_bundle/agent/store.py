@@ -4,10 +4,15 @@
 filesystem), hashed while written, fsynced, checked against the signed index and only then renamed into
 place. ``index.json`` lists what is published (regenerated atomically by the publish step) with
 ``org.opencontainers.image.ref.name`` annotations, so ``skopeo copy oci:STORE:REF`` works on it too.
+
+``.reserve`` (1 MiB) keeps room for the journal on the same filesystem: when a write finds the disk full (another
+process filled it after the space check), the reserve is released so the failure can still be recorded; it is
+made again before the next ingest.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -21,6 +26,7 @@ from ..oci import mediatypes as mt
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 WRITEBACK_STEP = 8 << 20
+RESERVE_BYTES = 1 << 20
 _SYNC_RANGE = hasattr(os, "sync_file_range")
 
 
@@ -29,8 +35,12 @@ class Store:
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.tmp = self.root / "tmp"
+        self.assembling = self.root / "assembling"  # blobs of split bundles being reassembled (kept on restart)
+        self.assembling.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.reserve = self.root / ".reserve"
+        self.make_reserve()
         if not (self.root / "oci-layout").exists():
             self._atomic_write(self.root / "oci-layout", OCI_LAYOUT)
         if not (self.root / "index.json").exists():
@@ -55,7 +65,26 @@ class Store:
         return n
 
     def ensure_space(self, needed: int, reserve: int, what: str) -> None:
+        self.make_reserve()
         ensure_free_space(self.root, needed, what, reserve=reserve)
+
+    def make_reserve(self) -> None:
+        if self.reserve.exists():
+            return
+        tmp = self.tmp / ".reserve"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve)
+        except OSError:  # no room yet: try again before the next ingest
+            tmp.unlink(missing_ok=True)
+
+    def _disk_full(self, e: BaseException) -> None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            self.reserve.unlink(missing_ok=True)  # room for the journal to record this failure
 
     def put_member(self, member: BlobMember, progress: Callable[[int], None] | None = None) -> bool:
         """Copy one tar member in, hashing it once on the way. Returns False when the store already has it
@@ -85,10 +114,56 @@ class Store:
                 member.read_into(sink, progress)
                 os.fsync(fd)
             os.replace(tmp, dest)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            self._disk_full(e)
             raise
         return True
+
+    def put_segment(self, blob: str, offset: int, member: BlobMember,
+                    progress: Callable[[int], None] | None = None) -> bool:
+        """Write a verified-while-streaming segment at its offset into ``assembling/<blob hex>``, the file that
+        becomes the blob (renamed, no second copy) once every segment is there and the whole digest matches.
+        A segment whose digest does not match leaves its region to be rewritten by a good copy."""
+        if self.has(blob):
+            return False
+        fd = os.open(self.assembling / hex_of(blob), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            pos = offset
+
+            def sink(chunk: memoryview) -> None:
+                nonlocal pos
+                while chunk:
+                    n = os.pwrite(fd, chunk, pos)
+                    chunk = chunk[n:]  # type: ignore[index]
+                    pos += n
+
+            member.read_into(sink, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def finish_assembly(self, blob: str, size: int, progress: Callable[[int], None] | None = None) -> None:
+        """Every segment is in: hash the whole file once and rename it into ``blobs/`` when it matches."""
+        from ..digest import sha256_file
+        from ..errors import VerifyError
+
+        src = self.assembling / hex_of(blob)
+        got, n = sha256_file(src)
+        if progress:
+            progress(n)
+        if got != blob or n != size:
+            src.unlink(missing_ok=True)
+            raise VerifyError("digest-mismatch", f"reassembled {blob}: got {got} ({n} bytes, expected {size})")
+        os.replace(src, self.path(blob))
+        fsync_dir(self.blobs)
+
+    def assembling_size(self, blob: str) -> int:
+        try:
+            return (self.assembling / hex_of(blob)).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def sync(self) -> None:
         """Make the renames of a batch of blobs durable."""
@@ -108,11 +183,16 @@ class Store:
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self.tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            self._disk_full(e)
+            raise
         fsync_dir(path.parent)
 
     def disk_usage(self) -> int:

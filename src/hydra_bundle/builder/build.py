@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,9 +19,10 @@ import yaml
 from .. import __version__
 from ..bundle import FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME
 from ..bundle import index as ix
+from ..bundle.parts import WrittenPart, plan_split
 from ..bundle.sign import load_private_key, sign
-from ..bundle.writer import write_bundle
-from ..digest import canonical_json, ensure_free_space, sha256_bytes
+from ..bundle.writer import write_bundle, write_parts
+from ..digest import CHUNK, canonical_json, ensure_free_space, sha256_bytes
 from ..errors import DigestMismatch, SourceError, UsageError
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
@@ -27,6 +30,7 @@ from ..progress import QuietReporter, Reporter
 from ..spec.model import BundleSpec
 from .cache import BlobCache
 from .daemon import DaemonImageSource
+from .delta import load_inventory, omit_present
 from .plan import BlobTask, Context, Finished
 from .sources import ChartSource, FileSource, ImageSource, ModelSource, Source
 
@@ -46,6 +50,8 @@ class BuildOptions:
     expires: str | None = None            # override metadata.expires
     jobs: int = 4
     verify_tls: bool | str = True
+    split: int | None = None              # max part size (--split); None: one tar
+    site_inventory: Path | None = None    # --site-inventory: leave out blobs the site holds
 
 
 @dataclass
@@ -57,6 +63,8 @@ class BuildResult:
     cached: int
     seconds: float
     signed: bool = False
+    parts: list[WrittenPart] = field(default_factory=list)
+    omitted: tuple[int, int] = (0, 0)     # blobs, bytes left out (delta)
 
     def summary(self) -> dict[str, Any]:
         c = self.index.components
@@ -68,6 +76,10 @@ class BuildResult:
             "files": len(c.files), "models": len(c.models),
             "downloadedBytes": self.downloaded, "cachedBytes": self.cached,
             "seconds": round(self.seconds, 3), "signed": self.signed,
+            "carriedBytes": self.index.carried_size, "omittedBlobs": self.omitted[0],
+            "omittedBytes": self.omitted[1],
+            **({"parts": [{"path": str(p.path), "size": p.size, "sha256": p.sha256} for p in self.parts]}
+               if self.parts else {}),
         }
 
 
@@ -262,19 +274,35 @@ class Builder:
             key = load_private_key(self.opts.key_path)  # fail on a bad key before downloading anything
         created = source_date()
         expiry(created, self.opts.expires or self.spec.metadata.expires)  # a bad --expires fails before downloading
+        site = load_inventory(self.opts.site_inventory) if self.opts.site_inventory else None
         _, finished = self.resolve_and_fetch()
         index, layout = self.compose(finished, created)
-        index_bytes = index.to_bytes()
-        sig = sign(key, index_bytes) if key is not None else None
-        self.rep.stage("write", index.total_size)
+        omitted = omit_present(index, site) if site is not None else (0, 0)
+        written: list[WrittenPart] = []
         try:
-            size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path, int(created.timestamp()),
-                                self.rep.advance, verify=lambda d: d not in self.cache.written)
+            if self.opts.split is not None:
+                index.parts = plan_split(index, self.opts.split, key is not None)
+                self.rep.stage("plan", sum(s.size for p in index.parts.parts for s in p.segments) or None)
+                hash_segments(index, self.cache.path, self.rep.advance)
+                index.validate_self()
+            index_bytes = index.to_bytes()
+            sig = sign(key, index_bytes) if key is not None else None
+            self.rep.stage("write", index.carried_size)
+            if index.parts is not None:
+                written = write_parts(out, index, index_bytes, sig, layout, self.cache.path,
+                                      int(created.timestamp()), self.rep.advance,
+                                      verify=lambda d: d not in self.cache.written)
+                size = sum(p.size for p in written)
+            else:
+                size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path,
+                                    int(created.timestamp()), self.rep.advance,
+                                    verify=lambda d: d not in self.cache.written)
         except DigestMismatch as e:
             self.cache.discard(e.expected)
             raise SourceError(f"the build cache held a damaged blob ({e}); it was removed: run the build again "
                               "to download it") from None
-        return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0, sig is not None)
+        return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0, sig is not None,
+                           written, omitted)
 
     def lock(self, path: Path) -> dict[str, Any]:
         ctx, _ = self.resolve_and_fetch(pin_only=True)
@@ -286,6 +314,38 @@ class Builder:
                        + yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, path)
         return data
+
+
+def hash_segments(index: ix.BundleIndex, blob_path: Callable[[str], Path],
+                  progress: Callable[[int], None] | None = None) -> None:
+    """Fill in the digest of every segment: one sequential read of each segmented blob, which also re-checks
+    the whole blob's digest (so the write after it can copy in the kernel)."""
+    assert index.parts is not None
+    by_blob: dict[str, list[ix.Segment]] = {}
+    for p in index.parts.parts:
+        for sg in p.segments:
+            by_blob.setdefault(sg.blob, []).append(sg)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    for blob, segs in by_blob.items():
+        whole = hashlib.sha256()
+        with open(blob_path(blob), "rb", buffering=0) as f:
+            for sg in sorted(segs, key=lambda s: s.offset):
+                h = hashlib.sha256()
+                left = sg.size
+                while left:
+                    n = f.readinto(view[: min(CHUNK, left)])
+                    if not n:
+                        raise DigestMismatch(blob, blob, "a shorter file")
+                    h.update(view[:n])
+                    whole.update(view[:n])
+                    left -= n
+                    if progress:
+                        progress(n)
+                sg.digest = "sha256:" + h.hexdigest()
+        got = "sha256:" + whole.hexdigest()
+        if got != blob:
+            raise DigestMismatch(blob, blob, got)
 
 
 def load_build_spec(path: Path) -> BundleSpec:

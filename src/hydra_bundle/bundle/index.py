@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..digest import canonical_json
 from ..errors import VerifyError
-from . import BLOB_PREFIX, FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME
+from . import BLOB_PREFIX, FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME, SEGMENT_PREFIX
 
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 MAX_INDEX_BYTES = 64 << 20  # an index larger than this is refused before it is read
@@ -29,6 +29,7 @@ class Blob(_Model):
     digest: str
     size: int = Field(ge=0)
     mediaType: str
+    omitted: bool | None = None  # delta bundles: the site already holds it; not a member of the tar
 
     @field_validator("digest")
     @classmethod
@@ -47,6 +48,32 @@ class Member(_Model):
 
     digest: str
     size: int = Field(ge=0)
+
+
+class Segment(_Model):
+    """A piece of a blob too large for one part: ``size`` bytes of blob ``blob`` from ``offset``."""
+
+    blob: str
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+    digest: str
+
+    @property
+    def member(self) -> str:
+        return f"{SEGMENT_PREFIX}{self.blob.split(':', 1)[1]}/{self.offset}"
+
+
+class Part(_Model):
+    """What one part holds after the shared leading members: whole blobs and blob segments, in tar order."""
+
+    blobs: list[str] = []
+    segments: list[Segment] = []
+
+
+class Parts(_Model):
+    count: int = Field(ge=1)
+    maxSize: int = Field(ge=1)
+    parts: list[Part]
 
 
 class Component(_Model):
@@ -119,6 +146,7 @@ class BundleIndex(_Model):
     layout: dict[str, Member]  # oci-layout and index.json
     blobs: list[Blob]          # in tar order
     spec: dict[str, Any] = {}  # the normalized spec (deploy steps, values) for the agent
+    parts: Parts | None = None  # split bundles only: which part holds which members
 
     @field_validator("created", "expires")
     @classmethod
@@ -142,12 +170,35 @@ class BundleIndex(_Model):
             loc = ".".join(str(p) for p in first["loc"])
             raise VerifyError("bad-index", f"index {loc}: {first['msg']}") from None
 
-    def expected_members(self) -> dict[str, tuple[str, int]]:
-        """Every tar member after the signature: name → (digest, size)."""
+    def expected_members(self, part: int | None = None) -> dict[str, tuple[str, int]]:
+        """Every tar member after the signature (and part member): name → (digest, size).
+
+        For a split bundle ``part`` (1-based) selects what that part holds; omitted blobs are never members."""
         out = {name: (m.digest, m.size) for name, m in self.layout.items()}
-        for b in self.blobs:
-            out[b.member] = (b.digest, b.size)
+        if self.parts is None:
+            for b in self.blobs:
+                if not b.omitted:
+                    out[b.member] = (b.digest, b.size)
+            return out
+        if part is None or not 1 <= part <= self.parts.count:
+            raise VerifyError("bad-part", f"part {part} is not one of the {self.parts.count} parts of this bundle")
+        sizes = {b.digest: b for b in self.blobs}
+        p = self.parts.parts[part - 1]
+        for d in p.blobs:
+            out[sizes[d].member] = (d, sizes[d].size)
+        for sg in p.segments:
+            out[sg.member] = (sg.digest, sg.size)
         return out
+
+    def segments_of(self, blob: str) -> list[tuple[int, Segment]]:
+        """(part number, segment) for every segment of ``blob``, in offset order."""
+        if self.parts is None:
+            return []
+        out = [(k, sg) for k, p in enumerate(self.parts.parts, 1) for sg in p.segments if sg.blob == blob]
+        return sorted(out, key=lambda t: t[1].offset)
+
+    def omitted(self) -> list[Blob]:
+        return [b for b in self.blobs if b.omitted]
 
     def validate_self(self) -> None:
         """Structural checks beyond the schema (unique blobs, layout members present, components covered)."""
@@ -162,6 +213,39 @@ class BundleIndex(_Model):
             missing = [d for d in c.blobs if d not in seen]
             if missing:
                 raise VerifyError("bad-index", f"{c.ref} needs blob {missing[0]} that the index does not list")
+        if self.parts is not None:
+            self._validate_parts({b.digest: b for b in self.blobs})
+
+    def _validate_parts(self, blobs: dict[str, Blob]) -> None:
+        """Every carried blob is in exactly one part, whole or as contiguous segments covering it."""
+        ps = self.parts
+        assert ps is not None
+        if len(ps.parts) != ps.count:
+            raise VerifyError("bad-index", f"parts: count {ps.count} but {len(ps.parts)} parts listed")
+        placed: dict[str, int] = {}
+        cover: dict[str, list[Segment]] = {}
+        for p in ps.parts:
+            for d in p.blobs:
+                if d not in blobs or blobs[d].omitted or d in placed or d in cover:
+                    raise VerifyError("bad-index", f"parts: blob {d} unknown, omitted or placed twice")
+                placed[d] = 1
+            for sg in p.segments:
+                if sg.blob not in blobs or blobs[sg.blob].omitted or sg.blob in placed:
+                    raise VerifyError("bad-index", f"parts: segment of unknown or omitted blob {sg.blob}")
+                if not _DIGEST.match(sg.digest):
+                    raise VerifyError("bad-index", f"parts: bad segment digest {sg.digest!r}")
+                cover.setdefault(sg.blob, []).append(sg)
+        for d, segs in cover.items():
+            pos = 0
+            for sg in sorted(segs, key=lambda s: s.offset):
+                if sg.offset != pos:
+                    raise VerifyError("bad-index", f"parts: segments of {d} do not cover it contiguously")
+                pos += sg.size
+            if pos != blobs[d].size:
+                raise VerifyError("bad-index", f"parts: segments of {d} cover {pos} of {blobs[d].size} bytes")
+        for b in blobs.values():
+            if not b.omitted and b.digest not in placed and b.digest not in cover:
+                raise VerifyError("bad-index", f"parts: blob {b.digest} is in no part")
 
     def expired(self, now: datetime | None = None) -> bool:
         if not self.expires:
@@ -171,6 +255,11 @@ class BundleIndex(_Model):
     @property
     def total_size(self) -> int:
         return sum(b.size for b in self.blobs) + sum(m.size for m in self.layout.values())
+
+    @property
+    def carried_size(self) -> int:
+        """Bytes of content the tar (or the set of parts) actually carries (omitted blobs excluded)."""
+        return sum(b.size for b in self.blobs if not b.omitted) + sum(m.size for m in self.layout.values())
 
 
 def parse_time(text: str) -> datetime:

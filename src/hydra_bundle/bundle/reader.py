@@ -4,6 +4,7 @@ member is checked against the signed index while it streams (name, size, digest,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..digest import sha256_bytes
 from ..errors import VerifyError
-from . import INDEX_NAME, SIG_NAME
+from . import INDEX_NAME, PART_NAME, SIG_NAME
 from .index import MAX_INDEX_BYTES, BundleIndex
 from .sign import key_id, verify
 from .tario import Entry, TarReader
@@ -53,6 +55,12 @@ class OpenBundle:
     _expected: dict[str, tuple[str, int]] = field(default_factory=dict)
     _done: set[str] = field(default_factory=set)
     _pending: Entry | None = None  # first layout member of an unsigned bundle, already read from the tar
+    part: int | None = None        # split bundles: which part (1-based) this file is
+
+    @property
+    def digest(self) -> str:
+        """The bundle digest: sha256 of the signed index bytes (the same for every part of a set)."""
+        return sha256_bytes(self.index_bytes)
 
     def members(self) -> Iterator[BlobMember]:
         """Yield each remaining member; refuses unknown ones and sizes that differ from the index."""
@@ -92,6 +100,24 @@ def _chain(first: Entry, rest: Iterator[Entry]) -> Iterator[Entry]:
     yield from rest
 
 
+def _read_part(reader: TarReader, entry: Entry | None, index: BundleIndex, index_bytes: bytes) -> int:
+    """The unsigned part member must agree with the signed parts table and name this index."""
+    if entry is None or entry.name != PART_NAME:
+        raise VerifyError("bad-layout", f"a part of a split bundle must hold {PART_NAME} after the signature")
+    try:
+        info = json.loads(reader.read_bytes(entry, 4096))
+        part, count, digest = info["part"], info["of"], info["index"]
+    except (ValueError, KeyError, TypeError):
+        raise VerifyError("bad-part", f"{PART_NAME} is not valid part information") from None
+    assert index.parts is not None
+    if digest != sha256_bytes(index_bytes):
+        raise VerifyError("bad-part", f"{PART_NAME} names index {digest}, not the one this part carries")
+    if count != index.parts.count or not isinstance(part, int) or not 1 <= part <= count:
+        raise VerifyError("bad-part", f"{PART_NAME} says part {part} of {count}; the signed index has "
+                          f"{index.parts.count} parts")
+    return part
+
+
 def open_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicKey] | None,
                 require_signature: bool = True) -> OpenBundle:
     """Read and authenticate the index. With ``keys=None`` and ``require_signature=False`` the signature is
@@ -119,7 +145,13 @@ def open_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicK
         index = BundleIndex.from_bytes(index_bytes)
         index.validate_self()
         pending = second if second is not None and second.name != SIG_NAME else None
-        return OpenBundle(p, index, index_bytes, sig, signer, reader, f, index.expected_members(), _pending=pending)
+        part = None
+        if index.parts is not None:
+            pm = pending if pending is not None else next(it, None)
+            pending = None
+            part = _read_part(reader, pm, index, index_bytes)
+        return OpenBundle(p, index, index_bytes, sig, signer, reader, f, index.expected_members(part),
+                          _pending=pending, part=part)
     except BaseException:
         f.close()
         raise

@@ -39,6 +39,7 @@ class TarWriter:
         self.mtime = mtime
         self.offset = 0
         self.progress: Callable[[int], None] | None = None
+        self.hasher: hashlib._Hash | None = None  # set: every byte written is hashed (data goes through Python)
 
     @staticmethod
     def header_size(name: str, size: int) -> int:
@@ -51,6 +52,8 @@ class TarWriter:
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.offset += len(data)
 
     def _header(self, name: str, size: int) -> None:
@@ -76,10 +79,11 @@ class TarWriter:
         self._header(name, size)
         self.out.flush()
         with open(path, "rb") as src:
-            if verify is None:
+            if verify is None and self.hasher is None:
                 copy_range(src.fileno(), self.out.fileno(), offset, size, self.progress)
             else:
-                _copy_hashed(src.fileno(), self.out.fileno(), offset, size, verify, str(path), self.progress)
+                _copy_hashed(src.fileno(), self.out.fileno(), offset, size, verify, str(path), self.progress,
+                             self.hasher)
         self.offset += size
         self._pad(size)
 
@@ -117,8 +121,8 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, size: int,
             progress(n)
 
 
-def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str, what: str,
-                 progress: Callable[[int], None] | None) -> None:
+def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str | None, what: str,
+                 progress: Callable[[int], None] | None, out_hasher: hashlib._Hash | None = None) -> None:
     from ..errors import DigestMismatch
 
     h = hashlib.sha256()
@@ -129,7 +133,10 @@ def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str, 
         n = os.preadv(src_fd, [view[: min(CHUNK, remaining)]], pos)
         if n <= 0:
             raise OSError(f"{what}: ended {remaining} bytes early")
-        h.update(view[:n])
+        if digest is not None:
+            h.update(view[:n])
+        if out_hasher is not None:
+            out_hasher.update(view[:n])
         written = 0
         while written < n:
             written += os.write(dst_fd, view[written:n])
@@ -138,7 +145,7 @@ def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str, 
         if progress:
             progress(n)
     got = "sha256:" + h.hexdigest()
-    if got != digest:
+    if digest is not None and got != digest:
         raise DigestMismatch(what, digest, got)
 
 

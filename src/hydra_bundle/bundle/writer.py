@@ -6,13 +6,16 @@ the cache into the output in the kernel. The output appears under its final name
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..digest import ensure_free_space, fsync_dir
-from . import INDEX_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, SIG_NAME
+from ..digest import ensure_free_space, fsync_dir, sha256_bytes
+from ..errors import HydraError
+from . import INDEX_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, PART_NAME, SIG_NAME
 from .index import BundleIndex
+from .parts import WrittenPart, part_json, part_names, part_size, write_sums
 from .tario import TarWriter
 
 
@@ -24,7 +27,8 @@ def bundle_size(index: BundleIndex, index_bytes: bytes, sig: bytes | None) -> in
     for name, m in index.layout.items():
         n += TarWriter.member_size(name, m.size)
     for b in index.blobs:
-        n += TarWriter.member_size(b.member, b.size)
+        if not b.omitted:
+            n += TarWriter.member_size(b.member, b.size)
     n += 2 * 512
     return n + (-n % 10240)
 
@@ -49,6 +53,8 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
             w.add_bytes(LAYOUT_NAME, layout[LAYOUT_NAME])
             w.add_bytes(LAYOUT_INDEX_NAME, layout[LAYOUT_INDEX_NAME])
             for b in index.blobs:
+                if b.omitted:
+                    continue
                 check = b.digest if verify is not None and verify(b.digest) else None
                 w.add_file(b.member, blob_path(b.digest), b.size, verify=check)
             w.close()
@@ -60,3 +66,48 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_parts(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes | None, layout: dict[str, bytes],
+                blob_path: Callable[[str], Path], mtime: int, progress: Callable[[int], None] | None = None,
+                verify: Callable[[str], bool] | None = None) -> list[WrittenPart]:
+    """Write a split bundle straight into its parts (never whole first), each atomically, hashing every part
+    while it is written; then ``SHA256SUMS`` beside them. Returns the parts in order."""
+    assert index.parts is not None
+    out = Path(out)
+    names = part_names(out, index.parts.count)
+    total = sum(part_size(index, len(index_bytes), len(sig) if sig else None, k) for k in range(1, len(names) + 1))
+    ensure_free_space(out.parent, total, f"writing {len(names)} parts of {out.name}")
+    idx_digest = sha256_bytes(index_bytes)
+    blobs = {b.digest: b for b in index.blobs}
+    written: list[WrittenPart] = []
+    for k, (path, plan) in enumerate(zip(names, index.parts.parts, strict=True), 1):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                w = TarWriter(f, mtime)
+                w.progress = progress
+                w.hasher = hashlib.sha256()
+                w.add_bytes(INDEX_NAME, index_bytes)
+                if sig is not None:
+                    w.add_bytes(SIG_NAME, sig)
+                w.add_bytes(PART_NAME, part_json(idx_digest, k, index.parts.count))
+                w.add_bytes(LAYOUT_NAME, layout[LAYOUT_NAME])
+                w.add_bytes(LAYOUT_INDEX_NAME, layout[LAYOUT_INDEX_NAME])
+                for d in plan.blobs:
+                    check = d if verify is not None and verify(d) else None
+                    w.add_file(blobs[d].member, blob_path(d), blobs[d].size, verify=check)
+                for sg in plan.segments:
+                    w.add_file(sg.member, blob_path(sg.blob), sg.size, offset=sg.offset)
+                w.close()
+                os.fsync(f.fileno())
+            if w.offset > index.parts.maxSize:
+                raise HydraError(f"internal error: part {k} is {w.offset} bytes, over {index.parts.maxSize}")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        written.append(WrittenPart(path, w.offset, w.hasher.hexdigest()))
+    fsync_dir(out.parent)
+    write_sums(out.parent, [(p.path.name, p.sha256) for p in written])
+    return written

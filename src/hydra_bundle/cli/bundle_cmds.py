@@ -9,6 +9,8 @@ import click
 
 from ..builder.build import Builder, BuildOptions, lock_path_for
 from ..builder.cache import default_cache_dir
+from ..builder.delta import load_inventory
+from ..bundle.parts import describe, parse_split
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
 from ..digest import human_bytes
@@ -70,10 +72,15 @@ def keygen_cmd(prefix: Path) -> None:
 @click.option("--locked", is_flag=True, help="Build exactly what the lock file pins; refuse drift.")
 @click.option("--lock-file", type=click.Path(path_type=Path), default=None)
 @click.option("--expires", default=None, help="Expiry: RFC 3339 time or duration (90d); overrides the spec.")
+@click.option("--split", "split", default=None, metavar="fat32|exfat|dvd|SIZE",
+              help="Write media-sized parts OUT.part-01-of-NN.tar (+ SHA256SUMS) instead of one tar.")
+@click.option("--site-inventory", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Delta: leave out blobs this site inventory (`agent inventory -o`) lists.")
 @source_options
 @handle_errors
 def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, locked: bool, lock_file: Path | None,
-              expires: str | None, quiet: bool, as_json: bool, **src: object) -> None:
+              expires: str | None, split: str | None, site_inventory: Path | None, quiet: bool, as_json: bool,
+              **src: object) -> None:
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
     if key_path and unsigned:
         raise UsageError("--key and --unsigned exclude each other")
@@ -83,7 +90,10 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
+                    split=parse_split(split) if split else None, site_inventory=site_inventory,
                     **src)  # type: ignore[arg-type]
+    if site_inventory is not None:
+        load_inventory(site_inventory)  # a bad inventory fails before downloading anything
     rep = reporter(quiet, as_json)
     try:
         res = Builder(s, opts, rep).build(out)
@@ -93,7 +103,14 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         emit_json(res.summary())
     elif not quiet:
         c = res.index.components
-        click.echo(f"wrote {out}: {human_bytes(res.size)}, {len(res.index.blobs)} blobs, {len(c.images)} images, "
+        for p in res.parts:
+            click.echo(f"wrote {p.path}: {human_bytes(p.size)}")
+        if res.parts:
+            click.echo(f"wrote {res.parts[0].path.parent / 'SHA256SUMS'}")
+        if res.omitted[0]:
+            click.echo(f"delta: left out {res.omitted[0]} blobs ({human_bytes(res.omitted[1])}) the site holds")
+        what = f"{len(res.parts)} parts" if res.parts else str(out)
+        click.echo(f"wrote {what}: {human_bytes(res.size)}, {len(res.index.blobs)} blobs, {len(c.images)} images, "
                    f"{len(c.charts)} charts, {len(c.manifests)} manifests, {len(c.files)} files, "
                    f"{len(c.models)} models ({human_bytes(res.downloaded)} downloaded, "
                    f"{human_bytes(res.cached)} from cache, {res.seconds:.1f}s)")
@@ -121,35 +138,59 @@ def lock_cmd(spec: Path, lock_file: Path | None, quiet: bool, as_json: bool, **s
 
 
 @click.command("verify")
-@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--pub", "pubs", multiple=True, type=click.Path(path_type=Path), required=True,
               help="Trusted public key (repeatable).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def verify_cmd(bundle: Path, pubs: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
-    """Verify BUNDLE in one streaming pass: signature first, then every member's size and digest."""
+def verify_cmd(bundles: tuple[Path, ...], pubs: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+    """Verify bundles or parts in one streaming pass each: signature first, then every member's size and digest.
+
+    A part of a split bundle verifies alone; given several parts, also reports which parts of the set are
+    missing."""
     keys = [load_public_key(p) for p in pubs]
     rep = reporter(quiet, as_json)
+    results: list[dict[str, object]] = []
+    sets: dict[str, tuple[int, set[int]]] = {}
+    failed = False
     try:
-        rep.stage("verify", bundle.stat().st_size)
-        try:
-            ob = verify_bundle(bundle, keys, progress=rep.advance)
-        except VerifyError as e:
-            rep.close()
-            if as_json:
-                emit_json({"bundle": str(bundle), "ok": False, "reason": e.reason, "detail": e.detail})
-            else:
-                click.echo(f"FAILED: {bundle}: {e}", err=True)
-            sys.exit(1)
+        for bundle in bundles:
+            rep.stage("verify", bundle.stat().st_size)
+            try:
+                ob = verify_bundle(bundle, keys, progress=rep.advance)
+            except VerifyError as e:
+                failed = True
+                results.append({"bundle": str(bundle), "ok": False, "reason": e.reason, "detail": e.detail})
+                continue
+            r: dict[str, object] = {"bundle": str(bundle), "ok": True, "name": ob.index.name,
+                                    "version": ob.index.version, "sequence": ob.index.sequence,
+                                    "signer": ob.signer, "blobs": len(ob.index.blobs), "digest": ob.digest}
+            if ob.part is not None and ob.index.parts is not None:
+                r.update(part=ob.part, of=ob.index.parts.count)
+                sets.setdefault(ob.digest, (ob.index.parts.count, set()))[1].add(ob.part)
+            results.append(r)
     finally:
         rep.close()
+    missing = {d: sorted(set(range(1, n + 1)) - have) for d, (n, have) in sets.items()}
     if as_json:
-        emit_json({"bundle": str(bundle), "ok": True, "name": ob.index.name, "version": ob.index.version,
-                   "sequence": ob.index.sequence, "signer": ob.signer, "blobs": len(ob.index.blobs)})
-    elif not quiet:
-        click.echo(f"OK: {bundle}: {ob.index.name} {ob.index.version} (sequence {ob.index.sequence}), "
-                   f"{len(ob.index.blobs)} blobs verified, signed by {ob.signer}")
+        emit_json(results[0] if len(results) == 1 and not sets else
+                  {"ok": not failed, "results": results,
+                   "sets": [{"digest": d, "of": sets[d][0], "missing": m} for d, m in missing.items()]})
+    else:
+        for r in results:
+            if not r["ok"]:
+                click.echo(f"FAILED: {r['bundle']}: {r['reason']}: {r['detail']}", err=True)
+            elif not quiet:
+                what = f"part {r['part']} of {r['of']} verified" if "part" in r else f"{r['blobs']} blobs verified"
+                click.echo(f"OK: {r['bundle']}: {r['name']} {r['version']} (sequence {r['sequence']}), {what}, "
+                           f"signed by {r['signer']}")
+        if not quiet and len(bundles) > 1:
+            for d, m in missing.items():
+                click.echo(f"set {d[:19]}: " + (f"complete ({sets[d][0]} parts)" if not m else
+                           f"missing parts {', '.join(map(str, m))} of {sets[d][0]}"))
+    if failed:
+        sys.exit(1)
 
 
 @click.command("inspect")
@@ -161,13 +202,25 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
     with open_bundle(bundle, None, require_signature=False) as ob:
         idx = ob.index
         signed = ob.signature is not None
+        part = ob.part
     if as_json:
-        emit_json({**idx.model_dump(mode="json", exclude_none=True), "signed": signed})
+        emit_json({**idx.model_dump(mode="json", exclude_none=True), "signed": signed,
+                   **({"part": part} if part else {})})
         return
     click.echo(f"{idx.name} {idx.version}  sequence {idx.sequence}  created {idx.created}"
                + (f"  expires {idx.expires}" if idx.expires else "") + ("" if signed else "  UNSIGNED"))
     click.echo(f"builder {idx.builder}  platforms {', '.join(idx.platforms)}  spec {idx.specDigest[:19]}")
     click.echo(f"{len(idx.blobs)} blobs, {human_bytes(idx.total_size)}")
+    om = idx.omitted()
+    if om:
+        click.echo(f"delta: {len(om)} blobs ({human_bytes(sum(b.size for b in om))}) omitted (the site holds them), "
+                   f"{human_bytes(idx.carried_size)} carried")
+    if idx.parts is not None:
+        info = describe(idx)
+        click.echo(f"split: {idx.parts.count} parts of at most {human_bytes(idx.parts.maxSize)}"
+                   + (f"; this file is part {part}" if part else ""))
+        for p in info["parts"]:  # type: ignore[attr-defined]
+            click.echo(f"  part {p['part']}: {p['blobs']} blobs, {p['segments']} segments, {human_bytes(p['bytes'])}")
     sizes = {b.digest: b.size for b in idx.blobs}
     for kind in ("images", "charts", "manifests", "files", "models"):
         items = getattr(idx.components, kind)
