@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +22,25 @@ class Run:
     returncode: int
 
 
+# Linux carries a process's peak RSS across fork+exec (ru_maxrss starts at the parent's size), so the command is
+# started by a small wrapper process whose own size (~10 MB) is the floor of what we report.
+_WRAPPER = ("import os, sys, time\n"
+            "t0 = time.perf_counter(); pid = os.fork()\n"
+            "if pid == 0:\n    os.execvp(sys.argv[1], sys.argv[1:])\n"
+            "_, st, ru = os.wait4(pid, 0)\n"
+            "print(f'@@ {os.waitstatus_to_exitcode(st)} {time.perf_counter() - t0} {ru.ru_maxrss}', file=sys.stderr)\n")
+
+
 def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = True) -> Run:
-    """Run a command, returning wall time and the child's own peak RSS (wait4, not the sum of all children)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})},
-                         stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE)
-    assert p.stderr is not None
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err.decode(errors='replace')[-2000:]}")
-    return Run(dt, usage.ru_maxrss / 1024, p.returncode)
+    """Run a command, returning wall time and its own peak RSS (measured by a tiny wrapper, see above)."""
+    p = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], env={**os.environ, **(env or {})},
+                       stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.PIPE)
+    err = p.stderr.decode(errors="replace")
+    line = [x for x in err.splitlines() if x.startswith("@@ ")][-1].split()
+    rc, dt, rss_kb = int(line[1]), float(line[2]), int(line[3])
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n{err[-2000:]}")
+    return Run(dt, rss_kb / 1024, rc)
 
 
 def python_sha256_rate(path: Path, limit: int = 1 << 30) -> float:
