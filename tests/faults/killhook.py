@@ -29,6 +29,12 @@ POINTS = {
     "push-mid-upload": "a chunk of a blob upload was sent to the push registry",
     "push-before-manifest": "the blobs of a manifest are pushed, the manifest is not",
 }
+# apply:sql (tests/faults/test_sql_kill.py)
+SQL_POINTS = {
+    "sql-mid-rows": "an INSERT/UPDATE of the sql step's transaction was sent, the rest and COMMIT not",
+    "sql-before-commit": "every row of the sql step is written, COMMIT not sent",
+    "sql-after-commit": "the sql transaction is committed, the journal does not know yet",
+}
 
 _counts: dict[str, int] = {}
 _writing_index = False  # inside the publish step's rewrite of store/index.json
@@ -39,8 +45,8 @@ def _armed() -> tuple[str, int] | None:
     if not spec:
         return None
     point, _, n = spec.partition("@")
-    if point not in POINTS:
-        raise SystemExit(f"HYDRA_FAULT: unknown point {point!r} (one of {', '.join(POINTS)})")
+    if point not in POINTS and point not in SQL_POINTS:
+        raise SystemExit(f"HYDRA_FAULT: unknown point {point!r} (one of {', '.join([*POINTS, *SQL_POINTS])})")
     return point, int(n or 1)
 
 
@@ -171,6 +177,27 @@ def install() -> None:
         return orig_put_manifest(self, *a, **kw)
 
     client.RegistryClient.put_manifest = put_manifest  # type: ignore[method-assign]
+
+    import pymysql
+
+    orig_execute = pymysql.cursors.Cursor.execute
+
+    def execute(self: Any, query: str, args: Any = None) -> int:
+        n = orig_execute(self, query, args)
+        if query.lstrip().startswith(("INSERT", "UPDATE")):
+            hit("sql-mid-rows")
+        return n
+
+    pymysql.cursors.Cursor.execute = execute  # type: ignore[method-assign]
+
+    orig_commit = pymysql.connections.Connection.commit
+
+    def commit(self: Any) -> None:
+        hit("sql-before-commit")
+        orig_commit(self)
+        hit("sql-after-commit")
+
+    pymysql.connections.Connection.commit = commit  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def render(rows: list[dict[str, object]]) -> str:
            "| fault class | trials | refused | converged | notes |", "| --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         notes = "; ".join(str(n) for n in r["notes"]).replace("|", "\\|")  # type: ignore[attr-defined]
-        out.append(f"| {r['fault']} | {r['trials']} | {r['refused']} | {r['converged']} | {notes} |")
+        refused, converged = ("—" if r[k] is None else r[k] for k in ("refused", "converged"))
+        out.append(f"| {r['fault']} | {r['trials']} | {refused} | {converged} | {notes} |")
     return "\n".join(out)
 
 

@@ -63,12 +63,14 @@ class Tally:
     refused: int = 0
     converged: int = 0
     notes: list[str] = field(default_factory=list)
+    na: tuple[str, ...] = ()   # columns that do not apply to this class ("refused", "converged")
 
     def save(self) -> None:
         out = os.environ.get("HYDRA_FAULTS_REPORT")
         if not out:
             return
-        row = {"fault": self.fault, "trials": self.trials, "refused": self.refused, "converged": self.converged,
+        row = {"fault": self.fault, "trials": self.trials,
+               **{k: (None if k in self.na else getattr(self, k)) for k in ("refused", "converged")},
                "notes": self.notes, "seed": SEED, "knobs": {"HYDRA_FAULTS_TRIALS": TRIALS,
                                                            "HYDRA_FUZZ_SECONDS": FUZZ_SECONDS}}
         with open(out, "a") as f:

@@ -151,7 +151,7 @@ def test_hostile_tar_members(small_bundle: Bundle, fault_keys: Keys, tmp_path: P
     verify_bundle(small_bundle.path, keys)
     outside = tmp_path / "outside"
     outside.mkdir()
-    tally = Tally("hostile: crafted tar members (verify_bundle)")
+    tally = Tally("hostile: crafted tar members (verify_bundle)", na=("converged",))
     wrong = []
     for case, data, reasons in hostile_tars(small_bundle, outside):
         p = tmp_path / f"{case}.tar"
@@ -212,7 +212,7 @@ def bad_indexes(b: Bundle) -> Iterator[tuple[str, bytes]]:
 
 def test_malformed_indexes_signed_by_the_trusted_key(small_bundle: Bundle, fault_keys: Keys, tmp_path: Path) -> None:
     keys = [load_public_key(fault_keys.pub)]
-    tally = Tally("hostile: malformed index signed by the trusted key (verify_bundle)")
+    tally = Tally("hostile: malformed index signed by the trusted key (verify_bundle)", na=("converged",))
     wrong = []
     for case, index in bad_indexes(small_bundle):
         p = tmp_path / f"{case}.tar"
@@ -247,7 +247,7 @@ def test_signatures_from_untrusted_keys_and_odd_signatures(small_bundle: Bundle,
                                                            tmp_path: Path) -> None:
     good, other = load_public_key(fault_keys.pub), load_public_key(fault_keys.other_pub)
     c = Crafted(small_bundle)
-    tally = Tally("hostile: untrusted or malformed signatures (verify_bundle)")
+    tally = Tally("hostile: untrusted or malformed signatures (verify_bundle)", na=("converged",))
     cases: dict[str, tuple[bytes, list[Any], str]] = {
         "untrusted-key": (small_bundle.path.read_bytes(), [other], "bad-signature"),
         "no-trusted-keys": (small_bundle.path.read_bytes(), [], "no-trusted-keys"),
@@ -458,7 +458,8 @@ def test_spec_with_a_wrong_type_at_every_field(tmp_path: Path) -> None:
     base = yaml.safe_load(FULL_SPEC)
     (tmp_path / "full.yaml").write_text(FULL_SPEC)
     load_spec(tmp_path / "full.yaml")  # the base itself is valid
-    tally = Tally("hostile: spec with a wrong-typed value at each schema field (SpecError names file:line: field)")
+    tally = Tally("hostile: spec with a wrong-typed value at each schema field (SpecError names file:line: field)",
+                  na=("converged",))
     wrong = check_wrong_types(BundleSpec, base, load_spec, tmp_path, tally)
     tally.save()
     assert tally.trials > 100 and not wrong, wrong
@@ -488,7 +489,7 @@ def test_agent_config_with_a_wrong_type_at_every_field(fault_keys: Keys, tmp_pat
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     load_config(tmp_path / "base.yaml")
-    tally = Tally("hostile: agent config with a wrong-typed value at each schema field")
+    tally = Tally("hostile: agent config with a wrong-typed value at each schema field", na=("converged",))
     wrong = check_wrong_types(AgentConfig, base, load_config, tmp_path, tally)
     tally.save()
     assert tally.trials >= 40 and not wrong, wrong

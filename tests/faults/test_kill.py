@@ -38,6 +38,7 @@ from tests.support.registry import Registry
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
+
 class Points:
     """Every kill point in turn (shuffled, timer kills three times as often), so a bounded run covers them all."""
 
@@ -119,8 +120,7 @@ def run_trial(root: Path, b: Bundle, keys: Keys, ref: Reference, r: Any, points:
             for key in ("status", "tags", "blobs", "store_index"):
                 assert got[key] == ref.served[key], f"{key} differs after kills (seed {SEED})\n{agent.log_tail()}"
             assert check_served_blobs(agent) == []
-            assert registry_tags(target.host, ["faults/app", "faults/big", "faults/multi",
-                                               "faults/charts/demo"]) == ref.pushed
+            assert registry_tags(target.host, sorted({k.rsplit(":", 1)[0] for k in ref.pushed})) == ref.pushed
         finally:
             agent.stop()
     assert leftovers(root) == [], f"temp files left (seed {SEED})"
@@ -134,7 +134,7 @@ def test_kill9_at_random_points_converges(fault_bundles: Bundles, fault_keys: Ke
     r = rng("kill")
     kills: Counter[str] = Counter()
     points = Points(r)
-    tally = Tally("kill -9 during ingest, publish and push (then restart)")
+    tally = Tally("kill -9 during ingest, publish and push (then restart)", na=("refused",))
     done = runs = 0
     while done < want:
         runs += 1
@@ -142,7 +142,7 @@ def test_kill9_at_random_points_converges(fault_bundles: Bundles, fault_keys: Ke
         done += run_trial(tmp_path / f"trial-{runs:03d}", fault_bundles.rich, fault_keys, reference, r,
                           points, kills)
         tally.converged += 1
-    tally.trials, tally.refused = done, 0
+    tally.trials = done
     tally.notes.append(f"{runs} runs to completion; kills by point: " +
                        ", ".join(f"{k} {v}" for k, v in sorted(kills.items())))
     tally.save()

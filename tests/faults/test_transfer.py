@@ -54,7 +54,8 @@ def test_file_still_being_written(fault_bundles: Bundles, fault_keys: Keys, tmp_
     (the tar is not complete yet): nothing is read before the last byte, and it is read once."""
     r = rng("slow-writer")
     n = trials(2)
-    tally = Tally("transfer: file still being written (slow writer, stalls > settle_seconds)", trials=n)
+    tally = Tally("transfer: file still being written (slow writer, stalls > settle_seconds)", trials=n,
+                  na=("refused",))
     for i in range(n):
         with AgentProc(tmp_path / f"a{i}", [fault_keys.pub]) as agent:
             agent.start()
@@ -95,7 +96,7 @@ def test_copy_stopped_midway_then_completed(fault_bundles: Bundles, fault_keys: 
 
 
 def test_same_bundle_twice_under_two_names(fault_bundles: Bundles, fault_keys: Keys, tmp_path: Path) -> None:
-    tally = Tally("transfer: the same bundle twice under two names (second is a no-op)", trials=2)
+    tally = Tally("transfer: the same bundle twice under two names (second is a no-op)", trials=2, na=("refused",))
     rich = fault_bundles.rich.path
     with AgentProc(tmp_path / "a", [fault_keys.pub]) as agent:
         agent.start()
@@ -140,7 +141,7 @@ def test_out_of_order_sequence_is_a_downgrade(fault_bundles: Bundles, fault_keys
 
 
 def test_part_file_never_renamed_is_never_read(fault_bundles: Bundles, fault_keys: Keys, tmp_path: Path) -> None:
-    tally = Tally("transfer: a .part that is never renamed (never read)", trials=1)
+    tally = Tally("transfer: a .part that is never renamed (never read)", trials=1, na=("refused",))
     with AgentProc(tmp_path / "a", [fault_keys.pub], incomplete_timeout=1.0) as agent:
         agent.start()
         part = agent.drop / "rich.tar.part"
