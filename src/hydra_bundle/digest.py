@@ -100,3 +100,19 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+class BlobDir:
+    """A ``blobs/sha256/<hex>`` directory (the builder's cache and the agent's store both are one)."""
+
+    blobs: Path
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / hex_of(digest)
+
+    def has(self, digest: str, size: int | None = None) -> bool:
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size

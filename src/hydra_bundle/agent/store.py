@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.reader import BlobMember
-from ..digest import canonical_json, ensure_free_space, fsync_dir, hex_of
+from ..digest import BlobDir, canonical_json, ensure_free_space, fsync_dir, hex_of
 from ..oci import mediatypes as mt
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
@@ -30,7 +30,7 @@ RESERVE_BYTES = 1 << 20
 _SYNC_RANGE = hasattr(os, "sync_file_range")
 
 
-class Store:
+class Store(BlobDir):
     def __init__(self, root: Path):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
@@ -45,16 +45,6 @@ class Store:
             self._atomic_write(self.root / "oci-layout", OCI_LAYOUT)
         if not (self.root / "index.json").exists():
             self.write_index([])
-
-    def path(self, digest: str) -> Path:
-        return self.blobs / hex_of(digest)
-
-    def has(self, digest: str, size: int | None = None) -> bool:
-        try:
-            st = self.path(digest).stat()
-        except FileNotFoundError:
-            return False
-        return size is None or st.st_size == size
 
     def clean_tmp(self) -> int:
         """Remove leftovers of interrupted writes (run at start, before any ingest)."""

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..digest import CHUNK, hex_of
+from ..digest import CHUNK, BlobDir
 from ..errors import DigestMismatch
 
 
@@ -27,7 +27,7 @@ def default_cache_dir() -> Path:
     return Path(base) / "hydra-bundle"
 
 
-class BlobCache:
+class BlobCache(BlobDir):
     def __init__(self, root: Path):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
@@ -37,16 +37,6 @@ class BlobCache:
         self._locks: dict[str, threading.Lock] = {}
         self.written: set[str] = set()  # digests written (and verified) by this process
         self._guard = threading.Lock()
-
-    def path(self, digest: str) -> Path:
-        return self.blobs / hex_of(digest)
-
-    def has(self, digest: str, size: int | None = None) -> bool:
-        try:
-            st = self.path(digest).stat()
-        except FileNotFoundError:
-            return False
-        return size is None or st.st_size == size
 
     def lock(self, digest: str) -> threading.Lock:
         with self._guard:
