@@ -789,3 +789,103 @@ def test_memory_stays_flat(registry: Registry, tmp_path: Path) -> None:
     assert (tmp_path / "big.tar").stat().st_size > 64 << 20
     assert rss["big"] < 150 * 1024, rss
     assert rss["big"] - rss["small"] < 24 * 1024, rss
+
+
+# ---------------------------------------------------------------- --direct
+
+
+def _direct_spec(tmp_path: Path, registry: Registry, srv: FileServer, weights: bytes) -> tuple[Path, Image]:
+    img = make_image([2_500_000, 1_200_000, 3000], 91)  # two layers over the 1 MiB --direct threshold
+    repo = _repo("direct")
+    push_image(registry.host, repo, "1", img)
+    spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{registry.host}/{repo}:1"}],
+                      models=[{"name": "m", "base_url": f"{srv.url}/m/",
+                               "files": [{"path": "w.bin", "sha256": sha256_hex(weights), "size": len(weights)},
+                                         {"path": "c.json", "sha256": sha256_hex(b"{}")}]}])
+    return spec, img
+
+
+def _weights(tmp_path: Path) -> bytes:
+    data = random.Random(92).randbytes(3_000_000)
+    (tmp_path / "www" / "m").mkdir(parents=True)
+    (tmp_path / "www" / "m" / "w.bin").write_bytes(data)
+    (tmp_path / "www" / "m" / "c.json").write_bytes(b"{}")
+    return data
+
+
+def test_direct_build_is_identical_and_skips_the_cache(registry: Registry, tmp_path: Path,
+                                                       file_server: FileServerFactory) -> None:
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, img = _direct_spec(tmp_path, registry, srv, weights)
+    key, pub = keypair(tmp_path)
+    cached = build(spec, tmp_path / "cached.tar", tmp_path / "c1", key=key, hosts=[registry.host])
+    direct = build(spec, tmp_path / "direct.tar", tmp_path / "c2", "--direct", key=key, hosts=[registry.host])
+    a, b = (tmp_path / "cached.tar").read_bytes(), (tmp_path / "direct.tar").read_bytes()
+    ms = tar_members(tmp_path / "cached.tar")
+    lo, hi = ms[1].header_offset, ms[2].header_offset  # the signature member (ECDSA is randomized)
+    assert len(a) == len(b) and a[:lo] == b[:lo] and a[hi:] == b[hi:]
+    assert run_cli(["verify", tmp_path / "direct.tar", "--pub", pub]).exit_code == 0
+    assert direct["downloadedBytes"] == cached["downloadedBytes"]
+    big = [img.layer_digests[0], img.layer_digests[1], digest_of(weights)]
+    assert all(_has_cache(tmp_path / "c1", d) for d in big)
+    assert not any(_has_cache(tmp_path / "c2", d) for d in big)  # written once: into the bundle only
+    assert _has_cache(tmp_path / "c2", img.layer_digests[2])  # small blobs still go through the cache
+    # a blob already cached is copied from the cache, not downloaded again
+    again = build(spec, tmp_path / "again.tar", tmp_path / "c1", "--direct", key=key, hosts=[registry.host])
+    assert again["downloadedBytes"] == 0
+    assert run_cli(["verify", tmp_path / "again.tar", "--pub", pub]).exit_code == 0
+
+
+def test_direct_download_resumes_in_place(registry: Registry, tmp_path: Path,
+                                          file_server: FileServerFactory) -> None:
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, _ = _direct_spec(tmp_path, registry, srv, weights)
+    srv.fail_after("/m/w.bin", 1_100_000)
+    out = tmp_path / "b.tar"
+    build(spec, out, tmp_path / "cache", "--direct", hosts=[registry.host])
+    gets = [(r.range, r.status) for r in srv.requests if r.path == "/m/w.bin" and r.method == "GET"]
+    assert gets == [(None, 200), ("bytes=1100000-", 206)]
+    assert blob(out, digest_of(weights)) == weights
+
+
+def test_direct_refuses_wrong_bytes_and_leaves_nothing(registry: Registry, tmp_path: Path,
+                                                       file_server: FileServerFactory) -> None:
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, _ = _direct_spec(tmp_path, registry, srv, weights)
+    bad = bytearray(weights)
+    bad[2_000_000] ^= 1
+    (tmp_path / "www" / "m" / "w.bin").write_bytes(bytes(bad))  # same size, other content
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    build(spec, outdir / "b.tar", tmp_path / "cache", "--direct", hosts=[registry.host], expect=1)
+    assert f"digest mismatch: expected {digest_of(weights)}, got {digest_of(bytes(bad))}" in _last_error()
+    assert "cache" not in _last_error()
+    assert list(outdir.iterdir()) == []  # no bundle, no temp file
+
+
+def test_direct_with_split_is_refused(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "s.yaml", files=[{"name": "x", "path": str(tmp_path / "s.yaml")}])
+    build(spec, tmp_path / "b.tar", tmp_path / "cache", "--direct", "--split", "64M", expect=2)
+    assert "--direct" in _last_error() and "--split" in _last_error()
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_delta_never_downloads_what_the_site_has(registry: Registry, tmp_path: Path,
+                                                 file_server: FileServerFactory, direct: bool) -> None:
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, img = _direct_spec(tmp_path, registry, srv, weights)
+    inv = tmp_path / "site.json"
+    inv.write_text(json.dumps({"format": "hydra-bundle-inventory/v1", "blobs": [
+        {"digest": digest_of(weights), "size": len(weights)},
+        {"digest": img.layer_digests[0], "size": len(img.layers[0])}]}))
+    out = tmp_path / "b.tar"
+    flags = ["--site-inventory", inv, *(["--direct"] if direct else [])]
+    s = build(spec, out, tmp_path / "cache", *flags, hosts=[registry.host])
+    assert s["omittedBlobs"] == 2 and s["omittedBytes"] == len(weights) + len(img.layers[0])
+    assert not any(r.path == "/m/w.bin" for r in srv.requests)  # never fetched
+    assert s["downloadedBytes"] < len(img.layers[1]) + 100_000
+    assert _has(out, digest_of(weights), img.layer_digests[0], img.layer_digests[1]) == [False, False, True]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,5 +75,73 @@ def download(open_response: Callable[[dict[str, str]], httpx.Response], what: st
         raise SourceError(f"{what}: got {have} of {size} bytes; run again to resume")
     if digest and got != digest:
         partial.unlink(missing_ok=True)
+        raise DigestMismatch(what, digest, got)
+    return got, have
+
+
+WRITEBACK_STEP = 8 << 20  # start writeback every 8 MiB so a final fsync has little left to wait for
+_SYNC_RANGE = hasattr(os, "sync_file_range")
+
+
+class Cancelled(Exception):
+    """A sibling download failed; this one stopped early (the caller reports the first failure)."""
+
+
+def download_into(open_response: Callable[[dict[str, str]], httpx.Response], what: str, fd: int, offset: int,
+                  size: int, digest: str, progress: Progress | None = None,
+                  fail: Callable[[httpx.Response, str], Exception] | None = None, attempts: int = 5,
+                  stop: threading.Event | None = None, log: Callable[[str], None] | None = None) -> tuple[str, int]:
+    """Stream a body of known size and digest into ``fd`` at ``offset`` (a hole reserved for it in a bundle).
+
+    Used by ``build --direct``: the bytes are written once, to their final place. A cut-off download resumes
+    with Range from where it stopped, keeping the running hash, so each byte is still hashed exactly once;
+    the caller owns the file and discards it on any error (a digest mismatch cannot become right)."""
+    h = hashlib.sha256()
+    have = high = kicked = 0
+    stalled = 0
+    while True:
+        before = have
+        try:
+            resp = open_response({"Range": f"bytes={have}-"} if have else {})
+        except SourceError:
+            resp = None
+            if stalled + 1 >= attempts:
+                raise
+        if resp is not None:
+            try:
+                if resp.status_code == 200 and have:
+                    h, have, kicked = hashlib.sha256(), 0, 0  # server ignored Range: start over
+                elif resp.status_code not in (200, 206):
+                    raise (fail(resp, what) if fail else SourceError(f"{what}: HTTP {resp.status_code}"))
+                for chunk in resp.iter_raw():  # httpcore-sized chunks: no re-chunking copies
+                    if stop is not None and stop.is_set():
+                        raise Cancelled(what)
+                    n = len(chunk)
+                    if have + n > size:
+                        raise SourceError(f"{what}: more data than the declared {size} bytes")
+                    h.update(chunk)
+                    view = memoryview(chunk)
+                    done = 0
+                    while done < n:
+                        done += os.pwrite(fd, view[done:], offset + have + done)
+                    have += n
+                    if progress and have > high:
+                        progress(have - high)
+                        high = have
+                    if _SYNC_RANGE and have - kicked >= WRITEBACK_STEP:
+                        os.sync_file_range(fd, offset + kicked, have - kicked, os.SYNC_FILE_RANGE_WRITE)
+                        kicked = have
+            except httpx.HTTPError as e:
+                if log:
+                    log(f"warning: {what}: interrupted after {have} bytes ({e}); resuming")
+            finally:
+                resp.close()
+        if have == size:
+            break
+        stalled = stalled + 1 if have == before else 0
+        if stalled >= attempts:
+            raise SourceError(f"{what}: got {have} of {size} bytes after {attempts} attempts without progress")
+    got = "sha256:" + h.hexdigest()
+    if got != digest:
         raise DigestMismatch(what, digest, got)
     return got, have

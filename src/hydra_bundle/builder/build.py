@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -24,6 +25,7 @@ from ..bundle.sign import load_private_key, sign
 from ..bundle.writer import write_bundle, write_parts
 from ..digest import CHUNK, canonical_json, ensure_free_space, sha256_bytes
 from ..errors import DigestMismatch, SourceError, UsageError
+from ..httpio import Cancelled
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
 from ..progress import QuietReporter, Reporter
@@ -35,6 +37,7 @@ from .plan import BlobTask, Context, Finished
 from .sources import ChartSource, FileSource, ImageSource, ModelSource, Source
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+DIRECT_MIN = 1 << 20  # --direct: smaller blobs still go through the cache (cheap, and rebuilds reuse them)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class BuildOptions:
     verify_tls: bool | str = True
     split: int | None = None              # max part size (--split); None: one tar
     site_inventory: Path | None = None    # --site-inventory: leave out blobs the site holds
+    direct: bool = False                  # --direct: uncached pinned blobs go straight into the bundle
 
 
 @dataclass
@@ -149,6 +153,11 @@ class Builder:
         self.cache = BlobCache(opts.cache_dir)
         self.downloaded = 0
         self.cached = 0
+        self.sizes: dict[str, int] = {}           # digest → size of every blob the build knows
+        self.direct: dict[str, BlobTask] = {}     # blobs to stream straight into the bundle (--direct)
+        self.site: dict[str, int] | None = None   # --site-inventory: digest → size the site holds
+        self._count = threading.Lock()
+        self._close: list[Callable[[], None]] = []
 
     def _context(self, client: RegistryClient, http: httpx.Client) -> Context:
         locked = None
@@ -169,32 +178,40 @@ class Builder:
         client = RegistryClient(self.opts.insecure, registry_mirrors, verify_tls=self.opts.verify_tls)
         http = httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=True,
                             verify=self.opts.verify_tls, headers={"User-Agent": f"hydra-bundle/{__version__}"})
-        try:
-            ctx = self._context(client, http)
-            sources = make_sources(self.spec, ctx)
-            self.rep.stage("resolve", None)
-            with ThreadPoolExecutor(self.opts.jobs) as pool:
-                task_lists = list(pool.map(lambda s: s.resolve(ctx), sources))
-            tasks = self._dedup([t for ts in task_lists for t in ts])
-            if pin_only:
-                for t in tasks:
-                    if t.digest:
-                        t.result = (t.digest, t.size or 0)
-                tasks = [t for t in tasks if not t.digest]
-            self._fetch(tasks)
-            by_key = {t.key: t for t in tasks}
-            for ts in task_lists:
-                for t in ts:
-                    if t.key in by_key:
-                        t.result = by_key[t.key].result
-            if pin_only:
-                for s in sources:
-                    s.pin(ctx)
-                return ctx, []
-            return ctx, [s.finish(ctx) for s in sources]
-        finally:
-            client.close()
-            http.close()
+        self._close = [client.close, http.close]  # kept open for --direct downloads while writing; see close()
+        ctx = self._context(client, http)
+        sources = make_sources(self.spec, ctx)
+        self.rep.stage("resolve", None)
+        with ThreadPoolExecutor(self.opts.jobs) as pool:
+            task_lists = list(pool.map(lambda s: s.resolve(ctx), sources))
+        tasks = self._dedup([t for ts in task_lists for t in ts])
+        if pin_only:
+            for t in tasks:
+                if t.digest:
+                    t.result = (t.digest, t.size or 0)
+            tasks = [t for t in tasks if not t.digest]
+        else:
+            tasks = self._plan_direct(tasks)
+        self._fetch(tasks)
+        for t in tasks:
+            assert t.result is not None
+            self.sizes[t.result[0]] = t.result[1]
+        by_key = {t.key: t for t in tasks}
+        for ts in task_lists:
+            for t in ts:
+                if t.key in by_key:
+                    t.result = by_key[t.key].result
+        if pin_only:
+            for s in sources:
+                s.pin(ctx)
+            return ctx, []
+        return ctx, [s.finish(ctx) for s in sources]
+
+    def close(self) -> None:
+        """Close the network clients (``build`` and ``lock`` do; library callers of resolve_and_fetch must)."""
+        for c in self._close:
+            c()
+        self._close = []
 
     @staticmethod
     def _dedup(tasks: list[BlobTask]) -> list[BlobTask]:
@@ -202,6 +219,49 @@ class Builder:
         for t in tasks:
             seen.setdefault(t.key, t)
         return list(seen.values())
+
+    def _plan_direct(self, tasks: list[BlobTask]) -> list[BlobTask]:
+        """Take out of the download list the blobs a delta leaves out (the site has them: never fetched) and,
+        with ``--direct``, the pinned blobs that are not cached (fetched later, into their place in the bundle).
+        Returns the tasks still to bring into the cache."""
+        rest = []
+        for t in tasks:
+            known = t.digest is not None and t.size is not None
+            if known and self.site is not None and self.site.get(t.digest) == t.size \
+                    and not self.cache.has(t.digest, t.size):
+                t.result = (t.digest, t.size)  # type: ignore[assignment]
+                self.sizes[t.digest] = t.size  # type: ignore[index]
+            elif known and self.opts.direct and t.fetch_into is not None and not self.cache.has(t.digest, t.size) \
+                    and t.size >= DIRECT_MIN:  # type: ignore[operator]
+                t.result = (t.digest, t.size)  # type: ignore[assignment]
+                self.sizes[t.digest] = t.size  # type: ignore[index]
+                self.direct[t.digest] = t  # type: ignore[index]
+            else:
+                rest.append(t)
+        return rest
+
+    def _fill(self, fd: int, holes: list[tuple[ix.Blob, int]]) -> None:
+        """Download the ``--direct`` blobs in parallel into their reserved places in the bundle (big first)."""
+        stop = threading.Event()
+
+        def run(blob: ix.Blob, offset: int) -> None:
+            self.direct[blob.digest].fetch_into(fd, offset, self.rep.advance, stop)  # type: ignore[misc]
+            with self._count:
+                self.downloaded += blob.size
+
+        holes = sorted(holes, key=lambda h: -h[0].size)
+        with ThreadPoolExecutor(self.opts.jobs) as pool:
+            futures = [pool.submit(run, b, off) for b, off in holes]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() and not isinstance(f.exception(), Cancelled)]
+            if failed:
+                stop.set()
+                for g in futures:
+                    g.cancel()
+                wait(futures)
+                raise failed[0].exception()  # type: ignore[misc]
+            for f in futures:
+                f.result()
 
     def _fetch(self, tasks: list[BlobTask]) -> None:
         todo = []
@@ -224,7 +284,8 @@ class Builder:
             with lock:
                 t.result = t.fetch(progress)
             self.cache.written.add(t.result[0])
-            self.downloaded += t.result[1]
+            with self._count:
+                self.downloaded += t.result[1]
 
         todo.sort(key=lambda t: -(t.size or 0))  # big first: best parallel finish
         with ThreadPoolExecutor(self.opts.jobs) as pool:
@@ -248,7 +309,8 @@ class Builder:
         for f in finished:
             for d, t in f.blob_types.items():
                 types.setdefault(d, t)
-        blobs = [ix.Blob(digest=d, size=self.cache.path(d).stat().st_size, mediaType=t) for d, t in types.items()]
+        blobs = [ix.Blob(digest=d, size=self.sizes[d] if d in self.sizes else self.cache.path(d).stat().st_size,
+                         mediaType=t) for d, t in types.items()]
         blobs.sort(key=lambda b: (b.size, b.digest))
         comps = ix.Components()
         for f in finished:
@@ -266,6 +328,12 @@ class Builder:
         return index, layout
 
     def build(self, out: Path) -> BuildResult:
+        try:
+            return self._build(out)
+        finally:
+            self.close()
+
+    def _build(self, out: Path) -> BuildResult:
         t0 = time.monotonic()
         key = None
         if not self.opts.unsigned:
@@ -274,7 +342,10 @@ class Builder:
             key = load_private_key(self.opts.key_path)  # fail on a bad key before downloading anything
         created = source_date()
         expiry(created, self.opts.expires or self.spec.metadata.expires)  # a bad --expires fails before downloading
+        if self.opts.direct and self.opts.split is not None:
+            raise UsageError("--direct writes one tar; parts (--split) are written from the cache: drop one of them")
         site = load_inventory(self.opts.site_inventory) if self.opts.site_inventory else None
+        self.site = site
         _, finished = self.resolve_and_fetch()
         index, layout = self.compose(finished, created)
         omitted = omit_present(index, site) if site is not None else (0, 0)
@@ -296,8 +367,11 @@ class Builder:
             else:
                 size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path,
                                     int(created.timestamp()), self.rep.advance,
-                                    verify=lambda d: d not in self.cache.written)
+                                    verify=lambda d: d not in self.cache.written,
+                                    direct=self.direct, fill=self._fill)
         except DigestMismatch as e:
+            if e.expected in self.direct:
+                raise  # the source served other bytes than its manifest names: nothing cached to blame
             self.cache.discard(e.expected)
             raise SourceError(f"the build cache held a damaged blob ({e}); it was removed: run the build again "
                               "to download it") from None
@@ -305,7 +379,10 @@ class Builder:
                            written, omitted)
 
     def lock(self, path: Path) -> dict[str, Any]:
-        ctx, _ = self.resolve_and_fetch(pin_only=True)
+        try:
+            ctx, _ = self.resolve_and_fetch(pin_only=True)
+        finally:
+            self.close()
         data = {"apiVersion": "hydra-bundle/v1", "kind": "BundleLock",
                 "specDigest": sha256_bytes(self.spec._raw),
                 **{k: dict(sorted(ctx.lock_out[k].items())) for k in sorted(ctx.lock_out)}}  # resolved in parallel

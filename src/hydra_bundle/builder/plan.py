@@ -8,6 +8,7 @@ HTTP content are made here, once digests and sizes are known).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..oci.client import RegistryClient
 from .cache import BlobCache
 
 Progress = Callable[[int], None]
+FetchInto = Callable[[int, int, Progress, threading.Event], tuple[str, int]]
 
 
 @dataclass
@@ -53,6 +55,9 @@ class BlobTask:
     label: str
     fetch: Callable[[Progress], tuple[str, int]]
     result: tuple[str, int] | None = None
+    # ``build --direct``: write the (digest- and size-pinned) blob straight into a hole of the bundle being
+    # written: (fd, offset, progress, stop) → (digest, size). None: this source goes through the cache.
+    fetch_into: FetchInto | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import tarfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 from ..bundle import index as ix
 from ..digest import canonical_json, hex_of
 from ..errors import DigestMismatch, NotFound, SourceError, UsageError
-from ..httpio import download
+from ..httpio import download, download_into
 from ..oci import mediatypes as mt
 from ..oci.client import Manifest
 from ..oci.reference import Reference
@@ -93,30 +94,33 @@ def _registry_task(ctx: Context, ref: Reference, digest: str, size: int, media_t
 
         return _resuming(ctx, f"{ref.name}@{digest}", dest.with_name(dest.name + ".partial"), progress, once)
 
-    return BlobTask(digest, digest, size, media_type, f"{ref.name}@{digest[:19]}", fetch)
+    def fetch_into(fd: int, offset: int, progress: Progress, stop: threading.Event) -> tuple[str, int]:
+        return download_into(ctx.client.blob_opener(ref.registry, ref.repository, digest), f"{ref.name}@{digest}",
+                             fd, offset, size, digest, progress, ctx.client.fail, RESUME_ATTEMPTS, stop, ctx.log)
+
+    return BlobTask(digest, digest, size, media_type, f"{ref.name}@{digest[:19]}", fetch, fetch_into=fetch_into)
 
 
 def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, media_type: str,
                label: str) -> BlobTask:
     digest = f"sha256:{sha256}" if sha256 else None
 
+    def open_response(headers: dict[str, str]) -> httpx.Response:
+        try:
+            return ctx.http.send(ctx.http.build_request("GET", ctx.url(url), headers=headers), stream=True)
+        except httpx.HTTPError as e:
+            raise SourceError(f"{url}: {e}") from None
+
+    def fail(resp: httpx.Response, what: str) -> Exception:
+        if resp.status_code == 404:
+            return NotFound(f"{what}: HTTP 404 not found")
+        return SourceError(f"{what}: HTTP {resp.status_code}")
+
     def fetch(progress: Progress) -> tuple[str, int]:
         import hashlib
 
         partial = ctx.cache.path(digest).with_suffix(".partial") if digest else \
             ctx.cache.tmp / (hashlib.sha256(url.encode()).hexdigest() + ".partial")
-
-        def open_response(headers: dict[str, str]) -> httpx.Response:
-            try:
-                return ctx.http.send(ctx.http.build_request("GET", ctx.url(url), headers=headers), stream=True)
-            except httpx.HTTPError as e:
-                raise SourceError(f"{url}: {e}") from None
-
-        def fail(resp: httpx.Response, what: str) -> Exception:
-            if resp.status_code == 404:
-                return NotFound(f"{what}: HTTP 404 not found")
-            return SourceError(f"{what}: HTTP {resp.status_code}")
-
         if digest is None:
             # unpinned: a partial left by an earlier run may be of different content; resume only within this run
             partial.unlink(missing_ok=True)
@@ -125,7 +129,14 @@ def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, med
         ctx.cache.adopt(partial, got)
         return got, n
 
-    return BlobTask(digest or url, digest, size, media_type, label, fetch)
+    def fetch_into(fd: int, offset: int, progress: Progress, stop: threading.Event) -> tuple[str, int]:
+        assert digest is not None and size is not None
+        return download_into(open_response, url, fd, offset, size, digest, progress, fail, RESUME_ATTEMPTS, stop,
+                             ctx.log)
+
+    # only content pinned by digest and size can have its place in the bundle before it is downloaded
+    direct = fetch_into if digest is not None and size is not None else None
+    return BlobTask(digest or url, digest, size, media_type, label, fetch, fetch_into=direct)
 
 
 def _local_task(ctx: Context, path: Path, sha256: str | None, media_type: str, label: str) -> BlobTask:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -87,6 +88,17 @@ class TarWriter:
         self.offset += size
         self._pad(size)
 
+    def reserve(self, name: str, size: int) -> int:
+        """Write a member's header and leave its data as a hole to be filled later (``build --direct``).
+        Returns the file offset where the data goes. Needs a seekable output and no ``hasher``."""
+        assert self.hasher is None, "a hashed stream cannot have holes"
+        self._header(name, size)
+        start = self.offset
+        self.out.seek(size, os.SEEK_CUR)
+        self.offset += size
+        self._pad(size)
+        return start
+
     def close(self) -> None:
         """End-of-archive: two zero blocks, padded to a full record like GNU tar and tarfile."""
         end = self.offset + 2 * BLOCK
@@ -150,6 +162,36 @@ def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str |
 
 
 # ---------------------------------------------------------------- reading
+
+PIPE_CHUNK = 4 << 20  # pipelined reads: large enough that the per-chunk thread hand-off costs < 1 %
+
+
+def _pipelined(fd: int, e: Entry, h: hashlib._Hash, sink: Callable[[memoryview], object] | None,
+               progress: Callable[[int], None] | None) -> None:
+    bufs = [memoryview(bytearray(PIPE_CHUNK)), memoryview(bytearray(PIPE_CHUNK))]
+    pos, remaining, i = e.offset, e.size, 0
+    with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        pending: Future[None] | None = None
+        try:
+            while remaining:
+                view = bufs[i & 1]  # the other buffer may still be hashed; this one is free (see below)
+                n = os.preadv(fd, [view[: min(PIPE_CHUNK, remaining)]], pos)
+                if n <= 0:
+                    raise VerifyError("truncated", f"{e.name}: file ends inside the member")
+                chunk = view[:n]
+                if pending is not None:
+                    pending.result()  # hash chunks in order; also frees the buffer read next
+                pending = pool.submit(h.update, chunk)
+                if sink is not None:
+                    sink(chunk)
+                pos += n
+                remaining -= n
+                i += 1
+                if progress:
+                    progress(n)
+        finally:
+            if pending is not None:
+                pending.result()
 
 @dataclass
 class Entry:
@@ -301,22 +343,22 @@ class TarReader:
 
     def read_into(self, e: Entry, sink: Callable[[memoryview], object] | None,
                   progress: Callable[[int], None] | None = None) -> str:
-        """Stream the member's data to ``sink`` (or nowhere), returning its sha256 digest."""
+        """Stream the member's data to ``sink`` (or nowhere), returning its sha256 digest.
+
+        Big members are pipelined: chunk *i* is hashed on a helper thread while this thread hands it to the
+        sink and reads chunk *i+1* (hashlib, reads and writes all release the GIL), so on two cores ingest
+        runs at about the rate sha256 alone would. Two buffers, so memory stays bounded."""
         h = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        pos, remaining = e.offset, e.size
-        while remaining:
-            n = os.preadv(self.fd, [view[: min(CHUNK, remaining)]], pos)
-            if n <= 0:
+        if e.size <= PIPE_CHUNK:
+            data = os.pread(self.fd, e.size, e.offset) if e.size else b""
+            if len(data) != e.size:
                 raise VerifyError("truncated", f"{e.name}: file ends inside the member")
-            chunk = view[:n]
-            h.update(chunk)
-            if sink is not None:
-                sink(chunk)
-            pos += n
-            remaining -= n
-            if progress:
-                progress(n)
+            h.update(data)
+            if sink is not None and data:
+                sink(memoryview(data))
+            if progress and data:
+                progress(len(data))
+        else:
+            _pipelined(self.fd, e, h, sink, progress)
         self._check_padding(e)
         return "sha256:" + h.hexdigest()

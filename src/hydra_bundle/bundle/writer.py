@@ -6,15 +6,16 @@ the cache into the output in the kernel. The output appears under its final name
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ..digest import ensure_free_space, fsync_dir, sha256_bytes
 from ..errors import HydraError
 from . import INDEX_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, PART_NAME, SIG_NAME
-from .index import BundleIndex
+from .index import Blob, BundleIndex
 from .parts import WrittenPart, part_json, part_names, part_size, write_sums
 from .tario import TarWriter
 
@@ -33,18 +34,34 @@ def bundle_size(index: BundleIndex, index_bytes: bytes, sig: bytes | None) -> in
     return n + (-n % 10240)
 
 
+# fill(fd, [(blob, data offset), ...]) writes (and verifies) the bytes of every reserved member
+Fill = Callable[[int, list[tuple[Blob, int]]], None]
+
+
 def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes | None,
                  layout: dict[str, bytes], blob_path: Callable[[str], Path], mtime: int,
                  progress: Callable[[int], None] | None = None,
-                 verify: Callable[[str], bool] | None = None) -> int:
+                 verify: Callable[[str], bool] | None = None,
+                 direct: Collection[str] = (), fill: Fill | None = None) -> int:
     """Write the bundle to ``out`` atomically (temp name, fsync, rename). Returns its size.
 
-    ``verify(digest)`` says which blobs to re-hash while copying (content not verified in this process)."""
+    ``verify(digest)`` says which blobs to re-hash while copying (content not verified in this process).
+    Blobs in ``direct`` are not copied from ``blob_path``: their members are laid out with holes (every size is
+    in the index, so every offset is known) and ``fill`` writes them in place, e.g. straight from a registry;
+    each byte then reaches the disk once. The space is allocated up front, so a full disk fails early."""
     out = Path(out)
-    ensure_free_space(out.parent, bundle_size(index, index_bytes, sig), f"writing {out}")
+    total = bundle_size(index, index_bytes, sig)
+    ensure_free_space(out.parent, total, f"writing {out}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
+            if direct:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, total)
+                except OSError as e:  # e.g. EOPNOTSUPP on some filesystems: the holes are filled all the same
+                    if e.errno == errno.ENOSPC:
+                        raise
+            holes: list[tuple[Blob, int]] = []
             w = TarWriter(f, mtime)
             w.progress = progress
             w.add_bytes(INDEX_NAME, index_bytes)
@@ -55,9 +72,15 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
             for b in index.blobs:
                 if b.omitted:
                     continue
+                if b.digest in direct:
+                    holes.append((b, w.reserve(b.member, b.size)))
+                    continue
                 check = b.digest if verify is not None and verify(b.digest) else None
                 w.add_file(b.member, blob_path(b.digest), b.size, verify=check)
             w.close()
+            if holes:
+                assert fill is not None
+                fill(f.fileno(), holes)
             os.fsync(f.fileno())
             size = w.offset
         os.replace(tmp, out)

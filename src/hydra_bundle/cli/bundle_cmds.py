@@ -76,11 +76,14 @@ def keygen_cmd(prefix: Path) -> None:
               help="Write media-sized parts OUT.part-01-of-NN.tar (+ SHA256SUMS) instead of one tar.")
 @click.option("--site-inventory", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Delta: leave out blobs this site inventory (`agent inventory -o`) lists.")
+@click.option("--direct", is_flag=True,
+              help="Stream pinned blobs that are not cached straight into the bundle (each byte written once; "
+                   "they are not kept in the cache, so a rebuild downloads them again). Not with --split.")
 @source_options
 @handle_errors
 def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, locked: bool, lock_file: Path | None,
-              expires: str | None, split: str | None, site_inventory: Path | None, quiet: bool, as_json: bool,
-              **src: object) -> None:
+              expires: str | None, split: str | None, site_inventory: Path | None, direct: bool, quiet: bool,
+              as_json: bool, **src: object) -> None:
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
     if key_path and unsigned:
         raise UsageError("--key and --unsigned exclude each other")
@@ -90,7 +93,7 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
-                    split=parse_split(split) if split else None, site_inventory=site_inventory,
+                    split=parse_split(split) if split else None, site_inventory=site_inventory, direct=direct,
                     **src)  # type: ignore[arg-type]
     if site_inventory is not None:
         load_inventory(site_inventory)  # a bad inventory fails before downloading anything

@@ -272,12 +272,19 @@ class RegistryClient:
         renamed into place only when size and digest match."""
         what = f"{registry}/{repository}@{digest}"
         partial = dest.with_name(dest.name + ".partial")
+        download(self.blob_opener(registry, repository, digest), what, partial, size, digest, progress, self._fail)
+        os.replace(partial, dest)
+
+    def blob_opener(self, registry: str, repository: str, digest: str) -> Callable[[dict[str, str]], httpx.Response]:
+        """A function that starts a streamed GET of the blob with extra headers (Range when resuming)."""
 
         def open_response(headers: dict[str, str]) -> httpx.Response:
             return self.request("GET", registry, repository, f"blobs/{digest}", headers=headers, stream=True)
 
-        download(open_response, what, partial, size, digest, progress, self._fail)
-        os.replace(partial, dest)
+        return open_response
+
+    def fail(self, resp: httpx.Response, what: str) -> SourceError:
+        return self._fail(resp, what)
 
     def push_blob(self, registry: str, repository: str, digest: str, size: int, path: Path,
                   mount_from: str | None = None, chunk_size: int = 64 << 20, offset: int = 0,
