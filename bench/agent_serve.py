@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 import yaml
 
-from bench.common import gbps, machine, python_sha256_rate, run, save
+from bench.common import gbps, hydra_bundle, machine, python_sha256_rate, run, save
 from tests.support.images import push_random_image
 from tests.support.registry import Registry, free_port
 
@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hb-agent-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    hb = shutil.which("hydra-bundle") or str(Path(sys.executable).parent / "hydra-bundle")
+    hb = hydra_bundle()
     with Registry() as reg:
         size = int(args.gb * 1e9)
         layers = [size // 2, size // 3, size - size // 2 - size // 3]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Run, du, gbps, machine, python_sha256_rate, run, save, sha256sum_rate
+from bench.common import Run, du, gbps, hydra_bundle, machine, python_sha256_rate, run, save, sha256sum_rate
 from tests.support.images import push_random_image
 from tests.support.registry import Registry
 
@@ -58,7 +58,7 @@ def main() -> None:
         os.environ["TMPDIR"] = "/dev/shm"  # the registry's data dir and our workdir
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hb-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    hb = shutil.which("hydra-bundle") or str(Path(sys.executable).parent / "hydra-bundle")
+    hb = hydra_bundle()
     with Registry() as reg:
         per_image = int(args.gb * 1e9 / args.images)
         layer_sizes = [per_image // 2, per_image // 3, per_image - per_image // 2 - per_image // 3]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,13 @@ def run(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = True) -
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}):\n{err[-2000:]}")
     return Run(dt, rss_kb / 1024, rc)
+
+
+def hydra_bundle() -> str:
+    """The ``hydra-bundle`` of the interpreter running the benchmark (not whatever PATH finds first, e.g. a pyenv
+    shim of another Python)."""
+    here = Path(sys.executable).parent / "hydra-bundle"
+    return str(here) if here.exists() else (shutil.which("hydra-bundle") or "hydra-bundle")
 
 
 def python_sha256_rate(path: Path, limit: int = 1 << 30) -> float:

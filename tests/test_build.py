@@ -801,8 +801,13 @@ def _direct_spec(tmp_path: Path, registry: Registry, srv: FileServer, weights: b
     spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{registry.host}/{repo}:1"}],
                       models=[{"name": "m", "base_url": f"{srv.url}/m/",
                                "files": [{"path": "w.bin", "sha256": sha256_hex(weights), "size": len(weights)},
-                                         {"path": "c.json", "sha256": sha256_hex(b"{}")}]}])
+                                         {"path": "c.json", "sha256": sha256_hex(b"{}")}]}],
+                      files=[{"name": "f", "url": f"{srv.url}/m/f.bin", "sha256": sha256_hex(_FILE),
+                              "size": len(_FILE)}])
     return spec, img
+
+
+_FILE = random.Random(93).randbytes(1_500_000)
 
 
 def _weights(tmp_path: Path) -> bytes:
@@ -810,6 +815,7 @@ def _weights(tmp_path: Path) -> bytes:
     (tmp_path / "www" / "m").mkdir(parents=True)
     (tmp_path / "www" / "m" / "w.bin").write_bytes(data)
     (tmp_path / "www" / "m" / "c.json").write_bytes(b"{}")
+    (tmp_path / "www" / "m" / "f.bin").write_bytes(_FILE)
     return data
 
 
@@ -827,7 +833,7 @@ def test_direct_build_is_identical_and_skips_the_cache(registry: Registry, tmp_p
     assert len(a) == len(b) and a[:lo] == b[:lo] and a[hi:] == b[hi:]
     assert run_cli(["verify", tmp_path / "direct.tar", "--pub", pub]).exit_code == 0
     assert direct["downloadedBytes"] == cached["downloadedBytes"]
-    big = [img.layer_digests[0], img.layer_digests[1], digest_of(weights)]
+    big = [img.layer_digests[0], img.layer_digests[1], digest_of(weights), digest_of(_FILE)]
     assert all(_has_cache(tmp_path / "c1", d) for d in big)
     assert not any(_has_cache(tmp_path / "c2", d) for d in big)  # written once: into the bundle only
     assert _has_cache(tmp_path / "c2", img.layer_digests[2])  # small blobs still go through the cache
@@ -887,5 +893,5 @@ def test_delta_never_downloads_what_the_site_has(registry: Registry, tmp_path: P
     s = build(spec, out, tmp_path / "cache", *flags, hosts=[registry.host])
     assert s["omittedBlobs"] == 2 and s["omittedBytes"] == len(weights) + len(img.layers[0])
     assert not any(r.path == "/m/w.bin" for r in srv.requests)  # never fetched
-    assert s["downloadedBytes"] < len(img.layers[1]) + 100_000
+    assert s["downloadedBytes"] < len(img.layers[1]) + len(_FILE) + 100_000
     assert _has(out, digest_of(weights), img.layer_digests[0], img.layer_digests[1]) == [False, False, True]

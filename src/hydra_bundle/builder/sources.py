@@ -464,7 +464,7 @@ class FileSource:
             pin = hex_of(locked)
         layer_type = mt.YAML_LAYER if kind == "manifests" else mt.FILE_LAYER
         if spec.url:
-            self.task = _http_task(ctx, spec.url, pin, None, layer_type, self.label)
+            self.task = _http_task(ctx, spec.url, pin, getattr(spec, "size", None), layer_type, self.label)
         else:
             assert spec.path
             self.task = _local_task(ctx, ctx.base_dir / spec.path, pin, layer_type, self.label)

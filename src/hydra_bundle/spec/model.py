@@ -188,6 +188,7 @@ class FileSpec(_Sourced):
     """An arbitrary file served by the agent at ``/files/<name>/<filename>``."""
 
     filename_: str | None = Field(None, alias="filename")
+    size: int | None = Field(None, ge=0)  # with sha256: `build --direct` can place it before downloading
 
     @property
     def filename(self) -> str:
