@@ -218,7 +218,7 @@ def stop_all(things: list[Any]) -> None:
             elif isinstance(t, threading.Thread):
                 t.stop.set()  # type: ignore[attr-defined]
             else:
-                t.stop()
+                getattr(t, "remove", t.stop)()  # stop, and remove what it kept on disk (MariaDB's data dir)
         except Exception as e:
             print(f"    (cleanup: {e})", file=sys.stderr)
 

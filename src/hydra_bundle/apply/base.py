@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -221,6 +221,16 @@ class Runtime:
         if self._kube is not None:
             self._kube.close()
             self._kube = None
+
+
+def poll_delays(poll: float, first: float = 0.1) -> Iterator[float]:
+    """Waits between readiness checks: 0.1, 0.2, 0.4 … up to ``poll`` seconds. Most objects are ready within
+    moments of being applied, so a fixed 1 s first wait was most of an apply's time; slow ones still settle
+    into one check per ``poll``."""
+    d = min(first, poll)
+    while True:
+        yield d
+        d = min(d * 2, poll)
 
 
 def brief(e: BaseException) -> str:

@@ -37,7 +37,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
-from .base import ApplyError, BundleInfo, Deadline, TransientError, brief
+from .base import ApplyError, BundleInfo, Deadline, TransientError, brief, poll_delays
 from .deploy_spec import SIMULATED_GPU_LABEL
 from .rewrite import CONTAINER_LISTS, api_group, pod_spec
 
@@ -535,6 +535,7 @@ class Kube:
         total = len(pending)
         outputs: dict[str, Any] = {}
         last: dict[ObjKey, str] = {}
+        delays = poll_delays(poll)
         while True:
             for key, o in list(pending.items()):
                 md = o["metadata"]
@@ -555,7 +556,7 @@ class Kube:
             if deadline.expired:
                 raise ApplyError(f"timed out after {deadline.seconds:.0f}s waiting for "
                                  + "; ".join(f"{k} ({last.get(k, '?')})" for k in pending))
-            self.sleep(min(poll, max(deadline.left, 0.01)))
+            self.sleep(min(next(delays), max(deadline.left, 0.01)))
 
     # -------------------------------------------------------------------------------- prune
     def _listable(self) -> list[tuple[str, str, str, bool]]:

@@ -21,6 +21,7 @@ from .base import (
     Step,
     StepResult,
     no_progress,
+    poll_delays,
 )
 from .deploy_spec import SqlSeed
 from .helm import HelmRelease, command_text, deployed_without_helm, helm_env, upgrade_install, write_values
@@ -362,6 +363,7 @@ class WarmupStep(KubeStep):
         md = self.dataset["metadata"]
         key = key_of(self.dataset)
         last = ""
+        delays = poll_delays(rt.poll_interval)
         while True:
             live = kube.get(DATASET_API, DATASET_KIND, md["name"], md["namespace"])
             if live is None:
@@ -377,7 +379,7 @@ class WarmupStep(KubeStep):
                 raise ApplyError(f"timed out after {self.timeout:.0f}s waiting for {key} to be READY ({msg}); "
                                  f"is the dataset controller running and can it reach "
                                  f"{self.dataset['spec']['source']['uri']}?")
-            rt.sleep(min(rt.poll_interval, max(deadline.left, 0.01)))
+            rt.sleep(min(next(delays), max(deadline.left, 0.01)))
 
 
 # ====================================================================== wait_for
