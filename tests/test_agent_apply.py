@@ -223,7 +223,7 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         if agent.proc is not None:
             agent.stop()
     steps = _steps(agent)
-    assert steps["apply:warmup-tiny"]["state"] == "running"  # as the crash left it
+    assert steps["apply:warmup-tiny"]["state"] == "interrupted"  # running when the crash came; nothing runs it now
     assert steps["apply:sql"]["state"] == "done" and steps["apply:chart-demo"]["state"] == "pending"
     assert mariadb_server.execute("SELECT COUNT(*) FROM vendor", database=DB) == [(1,)]
 

@@ -101,6 +101,17 @@ def test_slow_copy_is_not_ingested_before_complete(tmp_path: Path, agent_keys: K
         assert "unsettled" not in agent.log.read_text()
 
 
+def test_plain_copy_is_picked_up_when_it_settles_not_at_the_next_rescan(tmp_path: Path, agent_keys: Keys,
+                                                                       agent_bundles: dict[str, Built]) -> None:
+    """A copy that is not renamed from *.part is handled settle_seconds after it stops changing, even with a
+    long rescan interval (the settle timer wakes the loop; it used to wait for the next rescan)."""
+    with AgentProc(tmp_path / "a", [agent_keys.release_pub], poll_interval=120.0, settle_seconds=0.5) as agent:
+        agent.start()
+        time.sleep(1.0)  # past the first scan
+        shutil.copyfile(agent_bundles["demo1"].path, agent.drop / "demo1.tar")
+        agent.wait_state("demo", "1.0.0", "complete", timeout=30)  # not the 120 s rescan
+
+
 def test_refused_bundles_are_quarantined_and_nothing_is_served(tmp_path: Path, agent_keys: Keys,
                                                                 agent_bundles: dict[str, Built]) -> None:
     demo1 = agent_bundles["demo1"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ import pytest
 
 from hydra_bundle.agent import deploy
 from hydra_bundle.agent.config import AgentConfig
-from hydra_bundle.agent.journal import Database, Journal
+from hydra_bundle.agent.journal import FALLBACK_BYTES, Database, Journal, PipelineLock
 from hydra_bundle.agent.published import Published
 from hydra_bundle.agent.steps import Interrupted, SkipStep, StepContext, StepDef, StepPending, run_steps
 from hydra_bundle.agent.store import Store
@@ -193,3 +195,95 @@ def test_monitor_writes_the_latest_progress_and_feeds_the_watchdog_until_the_lim
             assert len(fed) == n         # … but not beyond the step's limit
     finally:
         deploy.KEEPALIVE, deploy.DETAIL_EVERY = old
+
+
+# ---------------------------------------------------------------- the journal cannot be written (disk full)
+
+FULL = sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_journal_write_that_fails_between_steps_fails_the_step_with_a_reason(env: dict[str, Any]) -> None:
+    """SQLITE_FULL from the runner's own journal write (here: starting the second step) is a failure of that step
+    with "disk full while …", not an exception that leaves the bundle running; the store's journal reserve is
+    released for the record and made again before the next step."""
+    bid = "sha256:" + "a" * 64
+    defs = [StepDef("ingest", lambda ctx: "stored"), StepDef("publish", lambda ctx: "published")]
+    _admit(env, defs)
+    ctx = _ctx(env)
+    j = env["j"]
+    orig = j.step_started
+
+    def step_started(b: str, name: str) -> None:
+        if name == "publish":
+            raise FULL
+        orig(b, name)
+
+    j.step_started = step_started
+    out = run_steps(ctx, defs)
+    assert (out.state, out.step) == ("failed", "publish")
+    row = j.bundle(bid)
+    assert row.state == "failed"
+    assert row.detail == "publish: disk full while publishing: journal: database or disk is full"
+    assert {s.name: s.state for s in j.steps(bid)} == {"ingest": "done", "publish": "failed"}
+    assert not ctx.store.reserve.exists()
+    del j.step_started
+    assert run_steps(_ctx(env), defs).state == "complete"
+    assert ctx.store.reserve.exists()
+
+
+def test_when_not_even_the_failure_can_be_recorded_status_still_shows_it(env: dict[str, Any]) -> None:
+    """The journal refuses every write once publish runs: the failure goes to journal.fallback (pre-allocated) and
+    memory, and status shows the bundle failed with that reason although its row still says running."""
+    bid = "sha256:" + "a" * 64
+    j = env["j"]
+
+    def publish(ctx: StepContext) -> str:
+        if ran:
+            return "published"
+        ran.append(1)
+        for name in ("step_finished", "set_state", "step_progress"):
+            setattr(j, name, lambda *a, **kw: (_ for _ in ()).throw(FULL))
+        raise OSError(errno.ENOSPC, "No space left on device", "store/tmp/index.json")
+
+    ran: list[int] = []
+
+    defs = [StepDef("ingest", lambda ctx: "stored"), StepDef("publish", publish)]
+    _admit(env, defs)
+    assert env["db"].fallback_path.stat().st_size == FALLBACK_BYTES  # pre-allocated when the journal opened
+    assert run_steps(_ctx(env), defs).state == "failed"
+    assert j.bundle(bid).state == "running"                          # the journal could not take it
+    assert "disk full while publishing" in j.unrecorded[bid]["detail"]
+    st = Journal(Database(env["cfg"].journal_path, readonly=True)).status()[0]  # what `agent status` shows
+    assert st["state"] == "failed" and st["reason"] == "step-failed", st
+    assert st["detail"].startswith("publish: disk full while publishing: [Errno 28] No space left on device")
+    assert "journal.fallback" in st["detail"]
+    steps = {s["name"]: s for s in st["steps"]}
+    assert steps["publish"]["state"] == "failed" and "disk full" in steps["publish"]["detail"]
+    assert env["db"].fallback_path.stat().st_size == FALLBACK_BYTES  # written in place, never grown
+    for name in ("step_finished", "set_state", "step_progress"):
+        delattr(j, name)
+    assert run_steps(_ctx(env), defs).state == "complete"           # space again: the next run goes on
+    assert j.unrecorded == {} and j.status()[0]["state"] == "complete"
+
+
+def test_status_never_shows_running_for_a_bundle_no_pipeline_runs(env: dict[str, Any]) -> None:
+    """A ``running`` row is running only while a pipeline holds pipeline.lock for it; otherwise (the agent was
+    killed, or could not record how the step ended) status says interrupted."""
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    defs = [StepDef("ingest", lambda ctx: "")]
+    j = env["j"]
+    for bid in (a, b):
+        _admit(env, defs, bid)
+        j.step_started(bid, "ingest")  # ... and the process died here
+    st = {s["id"]: s for s in j.status()}
+    assert st[a]["state"] == st[b]["state"] == "interrupted"
+    assert "no reason recorded: see the agent log" in st[a]["detail"]
+    assert st[a]["steps"][0]["state"] == "interrupted"
+    lock = PipelineLock(env["cfg"].state_dir)  # another pipeline runs b
+    with lock.held():
+        lock.owner(b)
+        st = {s["id"]: s for s in j.status()}
+        assert (st[a]["state"], st[b]["state"]) == ("interrupted", "running")
+        assert st[b]["steps"][0]["state"] == "running"
+    st = {s["id"]: s for s in j.status()}
+    assert st[b]["state"] == "interrupted"

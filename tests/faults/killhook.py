@@ -3,11 +3,17 @@
 With ``HYDRA_FAULT=POINT[@N]`` in the environment the process SIGKILLs itself (no cleanup, no atexit, exactly like
 ``kill -9``) the N-th time (default 1) it reaches POINT. The hooks wrap real functions of the agent without
 changing what they do; POINTS says where each one fires.
+
+With ``HYDRA_FAULT_FILL=DIR`` as well, reaching the armed point does not kill: it fills the filesystem holding DIR
+(writes ``DIR/filler`` until ENOSPC) and the agent goes on, so the disk is full from exactly that point on. With
+``HYDRA_FAULT_FILL_RESERVE=1`` it first deletes the store's journal reserve (``DIR/store/.reserve``) too, so not
+even the journal can write any more.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -22,9 +28,10 @@ POINTS = {
     "blob-after-rename": "a blob was renamed to its digest, the directory not yet fsynced",
     "ingest-before-done": "every blob is stored, the journal does not know yet",
     "between-steps": "ingest is recorded done, publish has not started",
-    "publish-in-tx": "inside the publish transaction, before COMMIT",
-    "publish-before-index": "published in the journal, store/index.json not yet rewritten",
-    "index-tmp-written": "the new store/index.json is written to tmp/, not yet renamed",
+    "publish-in-tx": "inside the publish transaction, store/index.json rewritten, before COMMIT",
+    "publish-before-index": "every row of the publish transaction written (no COMMIT), store/index.json not yet "
+                            "rewritten",
+    "index-tmp-written": "the new store/index.json is written to tmp/, not yet renamed (before COMMIT)",
     "before-complete": "publish (or push) recorded done, the bundle not yet complete",
     "push-mid-upload": "a chunk of a blob upload was sent to the push registry",
     "push-before-manifest": "the blobs of a manifest are pushed, the manifest is not",
@@ -53,11 +60,27 @@ def _armed() -> tuple[str, int] | None:
 ARMED = _armed()
 
 
+def _fill(d: Path) -> None:
+    if os.environ.get("HYDRA_FAULT_FILL_RESERVE"):
+        (d / "store" / ".reserve").unlink(missing_ok=True)
+    with open(d / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    sys.stderr.write(f"killhook: filled {d} at {ARMED}\n")
+    sys.stderr.flush()
+
+
 def hit(point: str) -> None:
     if ARMED is None or ARMED[0] != point:
         return
     _counts[point] = _counts.get(point, 0) + 1
-    if _counts[point] == ARMED[1]:
+    if _counts[point] == ARMED[1] and os.environ.get("HYDRA_FAULT_FILL"):
+        _fill(Path(os.environ["HYDRA_FAULT_FILL"]))
+    elif _counts[point] == ARMED[1]:
         sys.stderr.write(f"killhook: SIGKILL at {point}@{ARMED[1]}\n")
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)

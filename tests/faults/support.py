@@ -91,16 +91,24 @@ KILLHOOK = [sys.executable, "-m", "tests.faults.killhook"]
 
 
 class FaultAgent(AgentProc):
-    """``AgentProc`` whose process may carry ``HYDRA_FAULT=POINT[@N]`` (tests/faults/killhook.py)."""
+    """``AgentProc`` whose process may carry ``HYDRA_FAULT=POINT[@N]`` (and ``HYDRA_FAULT_FILL``,
+    tests/faults/killhook.py)."""
 
-    def start_armed(self, fault: str | None) -> None:
+    def start_armed(self, fault: str | None, fill: Path | None = None, fill_reserve: bool = False) -> None:
+        """``fill``: at the armed point fill the filesystem holding that dir instead of killing the agent
+        (``fill_reserve``: the journal's reserve in ``fill/store`` too)."""
         self.drop.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        env.pop("HYDRA_FAULT", None)
+        for k in ("HYDRA_FAULT", "HYDRA_FAULT_FILL", "HYDRA_FAULT_FILL_RESERVE"):
+            env.pop(k, None)
         if fault:
             env["HYDRA_FAULT"] = fault
+        if fill is not None:
+            env["HYDRA_FAULT_FILL"] = str(fill)
+            if fill_reserve:
+                env["HYDRA_FAULT_FILL_RESERVE"] = "1"
         with open(self.log, "ab") as log:
-            log.write(f"=== start (fault: {fault})\n".encode())
+            log.write(f"=== start (fault: {fault}{f', fill {fill}' if fill else ''})\n".encode())
             log.flush()
             self.proc = subprocess.Popen([*KILLHOOK, "agent", "run", "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -1,17 +1,20 @@
 """Dependency faults: the push registry dies mid-push (after a random number of uploaded bytes) and comes back;
-the store's filesystem (a small tmpfs) is full before an ingest, or fills up in the middle of one. Each must
-fail cleanly (a reason in the status, no partial blob, no temp file) and converge once the dependency is back."""
+the store's filesystem (a small tmpfs) is full before an ingest, fills up in the middle of one, or fills up during
+publish (then the journal itself cannot be written). Each must fail cleanly (a reason in the status, no partial
+blob, no temp file) and converge once the dependency is back."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +28,7 @@ from tests.faults.support import (
     bundle_states,
     check_served_blobs,
     check_store,
+    journal,
     journal_status,
     leftovers,
     registry_tags,
@@ -234,6 +238,75 @@ def test_store_fills_up_mid_ingest(fault_bundles: Bundles, fault_keys: Keys, ref
             filler.unlink()
             wait_until(lambda: complete(agent), 30, f"complete after space freed\n{agent.log_tail()}")
             converged_like_reference(agent, reference, fault_bundles)
+            tally.converged += 1
+            tally.notes.append(f"reason: {st['detail'][:160]}")
+    tally.save()
+
+
+@pytest.mark.parametrize(("point", "no_reserve"), [("between-steps", False), ("publish-before-index", False),
+                                                  ("publish-in-tx", False), ("between-steps", True)],
+                         ids=["journal", "index", "commit", "journal-no-reserve"])
+def test_disk_full_while_publishing(point: str, no_reserve: bool, fault_bundles: Bundles, fault_keys: Keys,
+                                    reference: Reference, tmp_path: Path) -> None:
+    """Every blob fits, then the disk (store and journal: one tmpfs) fills at ``point`` (killhook with
+    HYDRA_FAULT_FILL): the journal write that starts publish, store/index.json or the publish COMMIT fails.
+    The status must say failed with a reason (never ``running``), nothing may be served, the bundle stays failed
+    while the disk is full, and once space is freed the next retry converges to the state of a clean run.
+    ``no_reserve``: the journal's reserve is gone too, so not even the failure can be written to the journal: the
+    reason must still show (from journal.fallback)."""
+    tally = Tally(f"dependency: disk fills up during publish ({point}{', no journal reserve' if no_reserve else ''}), "
+                  "then freed", trials=1)
+    state = tmp_path / "a" / "state"
+    with tmpfs(state, "64m"):
+        agent = FaultAgent(tmp_path / "a", [fault_keys.pub], limits={"min_free_bytes": 0})
+        with agent:
+            agent.start_armed(point, fill=state, fill_reserve=no_reserve)
+            agent.wait_healthy()
+            agent.drop_file(fault_bundles.rich.path)
+            filler = state / "filler"
+            wait_until(filler.exists, 30, f"the disk filled at {point}\n{agent.log_tail()}")
+
+            def settled() -> dict[str, Any] | None:
+                st = journal_status(agent.state)
+                return st[0] if st and st[0]["state"] not in ("received", "running") else None
+
+            wait_until(settled, 30, f"publish failed\n{agent.log_tail()}")
+
+            def failed_in_cli() -> dict[str, Any] | None:  # what `agent status --json` says (not mid-retry)
+                b = agent.bundle("rich", "1.0.0")
+                return b if b is not None and b["state"] == "failed" else None
+
+            st = wait_until(failed_in_cli, 10, f"status failed\n{agent.bundle('rich', '1.0.0')}")
+            assert st["reason"] == "step-failed" and st["detail"].startswith("publish: disk full while publishing"), st
+            steps = {s["name"]: s for s in st["steps"]}
+            assert steps["ingest"]["state"] == "done", steps
+            assert steps["publish"]["state"] == "failed" and "disk full" in steps["publish"]["detail"], steps
+            if no_reserve:  # the journal still says running; status and /healthz know better
+                assert bundle_states(agent.state) == {"rich 1.0.0": "running"}
+                assert "journal.fallback" in st["detail"], st
+                health = httpx.get(f"{agent.metrics_url}/healthz").json()
+                assert "disk full while publishing" in health["unrecordedFailures"][st["id"]]["detail"], health
+            tally.refused += 1
+
+            def nothing_served() -> None:
+                assert httpx.get(f"http://{agent.registry}/v2/_catalog").json()["repositories"] == []
+                assert journal(agent.state, "SELECT COUNT(*) FROM refs")[0][0] == 0
+                assert json.loads((state / "store" / "index.json").read_bytes())["manifests"] == []
+                assert check_store(agent.state, fault_bundles.rich.sizes) == []
+
+            nothing_served()
+            time.sleep(2.5)  # retries (retry_interval 1 s) fail the same way while the disk is full
+            st2 = wait_until(settled, 5, "still failed")
+            assert st2["state"] == "failed" and "disk full while publishing" in (st2["detail"] or ""), st2
+            nothing_served()
+            filler.unlink()
+            wait_until(lambda: complete(agent), 30, f"complete after space freed\n{agent.log_tail()}")
+            converged_like_reference(agent, reference, fault_bundles)
+            assert [(s["name"], s["state"]) for s in journal_status(agent.state)[0]["steps"]] == [
+                ("ingest", "done"), ("publish", "done")]
+            assert leftovers(agent.state) == []
+            if no_reserve:
+                assert "unrecordedFailures" not in httpx.get(f"{agent.metrics_url}/healthz").json()
             tally.converged += 1
             tally.notes.append(f"reason: {st['detail'][:160]}")
     tally.save()

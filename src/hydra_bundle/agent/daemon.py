@@ -20,7 +20,7 @@ from ..errors import HydraError
 from .config import AgentConfig
 from .file_server import FileHandler
 from .httpbase import Server
-from .journal import ACTIVE_STATES, FAILED, WAITING, Database
+from .journal import ACTIVE_STATES, FAILED, RUNNING, WAITING, Database, PipelineLock
 from .metrics import Metrics, MetricsHandler
 from .notify import Notifier
 from .pipeline import Pipeline, Result
@@ -71,7 +71,10 @@ class Agent:
             rows = self.db.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state")
         except Exception as e:
             return {"ok": False, "error": str(e)}
-        return {"ok": not self.stop.is_set(), "bundles": {r["state"]: r["n"] for r in rows}, "busy": self.busy}
+        out = {"ok": not self.stop.is_set(), "bundles": {r["state"]: r["n"] for r in rows}, "busy": self.busy}
+        if self.pipeline.journal.unrecorded:  # failures the journal could not take (disk full)
+            out["unrecordedFailures"] = dict(self.pipeline.journal.unrecorded)
+        return out
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -157,6 +160,8 @@ class Agent:
                 return
             if older_than is not None and (row.updated_at or 0) > older_than:
                 continue
+            if row.state == RUNNING and self._run_elsewhere(row.id):
+                continue
             self.busy = f"{row.name} {row.version}"
             try:
                 self.pipeline.resume(row.id)
@@ -165,13 +170,19 @@ class Agent:
             finally:
                 self.busy = self.activity = None
 
+    def _run_elsewhere(self, bundle_id: str) -> bool:
+        """Is another process (``agent ingest``/``apply``) running this bundle now (or one it cannot name)?"""
+        with PipelineLock.probe(self.config.state_dir) as (busy, owner):
+            return busy and owner in (None, bundle_id)
+
     def _loop(self) -> None:
         next_scan = 0.0
         next_retry = time.monotonic() + self.config.retry_interval
+        settle_due: float | None = None  # when a watched file may have settled (its timer must wake the scan)
         while not self.stop.is_set():
             now = time.monotonic()
             self.alive = now
-            if now >= next_scan or self.wake.is_set():
+            if now >= next_scan or self.wake.is_set() or (settle_due is not None and now >= settle_due):
                 self.wake.clear()
                 for path, verdict in self.settler.observe(scan(self.config.drop_dir)):
                     if self.stop.is_set():
@@ -179,11 +190,12 @@ class Agent:
                     self._handle(path, verdict)
                 if now >= next_scan:
                     next_scan = now + self.config.poll_interval
-            if now >= next_retry:
-                self._resume((FAILED, WAITING), older_than=time.time() - self.config.retry_interval)
+            if now >= next_retry:  # a `running` row nothing runs: its failure could not be recorded (disk full)
+                self._resume((FAILED, WAITING, RUNNING), older_than=time.time() - self.config.retry_interval)
                 next_retry = now + self.config.retry_interval
             waits = [next_scan - time.monotonic(), next_retry - time.monotonic()]
             pending = self.settler.next_check()
+            settle_due = None if pending is None else time.monotonic() + pending
             if pending is not None:
                 waits.append(pending)
             self.wake.wait(max(0.05, min(waits)))
@@ -202,3 +214,5 @@ class Agent:
             self.busy = self.activity = None
         if res.state == "unsettled":
             self.settler.retry(path)
+        elif res.reason == "journal-error":  # e.g. the disk is full: try the file again later
+            self.settler.retry(path, self.config.retry_interval)

@@ -11,11 +11,28 @@ Tables:
 Every write is one transaction with ``synchronous=FULL``: after kill -9 the database is exactly as of the
 last commit, and the step runner resumes from there (a step found ``running`` is run again: steps are
 idempotent).
+
+When the journal itself cannot be written (the disk is full: ``database or disk is full``), a failure must still
+show, and nothing may claim to be ``running`` forever. Three layers, cheapest first:
+
+1. The store keeps a 1 MiB ``.reserve`` on the same filesystem; any disk-full error (:func:`disk_full`: ENOSPC
+   from a file write *or* SQLITE_FULL from the journal) releases it, so recording the failure normally succeeds.
+2. If even that write fails, the failure is kept in memory (``Journal.unrecorded``, shown by ``/healthz``),
+   logged, and written into ``journal.fallback``: a file pre-allocated at start (``FALLBACK_BYTES``) and only
+   ever overwritten in place, so writing it needs no new disk space.
+3. ``Journal.status`` never trusts a ``running`` row alone: a bundle is running only while a pipeline holds
+   ``pipeline.lock`` for it (:class:`PipelineLock`). Otherwise it is shown ``failed`` with the reason from
+   ``journal.fallback`` when there is one newer than the row, else ``interrupted`` ("no reason recorded: see
+   the agent log"). The agent resumes such rows like failed ones once the disk has room again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -35,6 +52,13 @@ WAITING = "waiting"          # a step cannot finish yet (StepPending, e.g. an op
 COMPLETE = "complete"        # every planned step is done or skipped
 QUARANTINED = "quarantined"  # refused: moved to state_dir/quarantine with a reason file
 ACTIVE_STATES = (RECEIVED, RUNNING, FAILED, WAITING)
+INTERRUPTED = "interrupted"  # shown by status only: the row says running, but no pipeline runs it (resumes)
+
+FALLBACK_NAME = "journal.fallback"   # failures the journal could not take (module docstring)
+FALLBACK_BYTES = 64 << 10
+PIPELINE_LOCK = "pipeline.lock"
+_OWNER_BYTES = 512                    # the lock file's owner record
+_FALLBACK_KEEP = 32                   # bundles kept in journal.fallback
 
 # Step states.
 PENDING, STEP_RUNNING, DONE, STEP_FAILED, SKIPPED = "pending", "running", "done", "failed", "skipped"
@@ -117,6 +141,97 @@ class BundleRow:
         return BundleIndex.from_bytes(self.index_json)
 
 
+def disk_full(e: BaseException) -> bool:
+    """Is ``e`` "no space left": ENOSPC/EDQUOT from a file write, or SQLITE_FULL from the journal?"""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
+
+
+def _preallocate(path: Path, size: int) -> None:
+    """Make ``path`` at least ``size`` bytes of allocated blocks (best effort: a full disk leaves it smaller)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _padded_json(data: bytes) -> Any:
+    """A JSON value written in place and padded with spaces (or still the zeros of a pre-allocation)."""
+    data = data.strip(b"\0 \n")
+    return json.loads(data) if data else None
+
+
+class PipelineLock:
+    """``state_dir/pipeline.lock``: one pipeline at a time per state dir (flock, so it is released when the
+    process dies however it dies) plus an owner record, the bundle the holder runs now, written in place at the
+    start of the (pre-sized) file so it needs no new disk space. :func:`probe` reads both from another process."""
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / PIPELINE_LOCK
+        self._fd: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._fd = fd
+            self.owner(None)  # whatever a killed holder left there is not true any more
+            try:
+                yield
+            finally:
+                self.owner(None)
+                self._fd = None
+        finally:
+            os.close(fd)
+
+    def owner(self, bundle_id: str | None) -> None:
+        """Record which bundle the holder runs now (None: none). Best effort; status copes without it."""
+        if self._fd is None:
+            return
+        rec = json.dumps({"pid": os.getpid(), "bundle": bundle_id}).encode() if bundle_id else b""
+        try:
+            if os.fstat(self._fd).st_size < _OWNER_BYTES:
+                os.posix_fallocate(self._fd, 0, _OWNER_BYTES)
+            os.pwrite(self._fd, rec.ljust(_OWNER_BYTES), 0)
+        except OSError:
+            pass
+
+    @staticmethod
+    @contextmanager
+    def probe(state_dir: Path) -> Iterator[tuple[bool, str | None]]:
+        """Yields (busy, bundle): whether a pipeline runs on ``state_dir`` now and which bundle (None: unknown).
+        While not busy it holds a shared lock for the body, so no pipeline can start and change rows meanwhile."""
+        try:
+            fd = os.open(Path(state_dir) / PIPELINE_LOCK, os.O_RDONLY)
+        except OSError:
+            yield False, None
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                busy = False
+            except OSError:
+                busy = True
+            owner = None
+            if busy:
+                try:
+                    owner = (_padded_json(os.pread(fd, _OWNER_BYTES, 0)) or {}).get("bundle")
+                except (OSError, ValueError, AttributeError):
+                    owner = None
+            yield busy, owner
+        finally:
+            os.close(fd)  # releases the shared lock
+
+
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
@@ -132,12 +247,26 @@ class Database:
         self._local = threading.local()
         if not readonly:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn().executescript(_SCHEMA)  # executescript manages its own transaction
-            with self.tx() as c:
-                cols = {r["name"] for r in c.execute("PRAGMA table_info(steps)")}
-                if "result" not in cols:  # schema 1 (before apply results)
-                    c.execute("ALTER TABLE steps ADD COLUMN result TEXT")
-                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),))
+            if not self._schema_current():  # no write when it is: `agent status` must work on a full disk
+                self.conn().executescript(_SCHEMA)  # executescript manages its own transaction
+                with self.tx() as c:
+                    cols = {r["name"] for r in c.execute("PRAGMA table_info(steps)")}
+                    if "result" not in cols:  # schema 1 (before apply results)
+                        c.execute("ALTER TABLE steps ADD COLUMN result TEXT")
+                    c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('schema', ?)",
+                              (str(SCHEMA_VERSION),))
+            _preallocate(self.fallback_path, FALLBACK_BYTES)
+
+    def _schema_current(self) -> bool:
+        try:
+            row = self.conn().execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.OperationalError:  # a new database: no meta table yet
+            return False
+        return row is not None and row[0] == str(SCHEMA_VERSION)
+
+    @property
+    def fallback_path(self) -> Path:
+        return self.path.with_name(FALLBACK_NAME)
 
     def conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -159,10 +288,14 @@ class Database:
         c.execute("BEGIN IMMEDIATE")
         try:
             yield c
+            c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            # a failed COMMIT (SQLITE_FULL) has usually rolled back already: never hide the error behind
+            # "cannot rollback - no transaction is active"
+            if c.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
             raise
-        c.execute("COMMIT")
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self.conn().execute(sql, args).fetchall()
@@ -179,6 +312,7 @@ class Journal:
 
     def __init__(self, db: Database):
         self.db = db
+        self.unrecorded: dict[str, dict[str, Any]] = {}  # failures the journal could not take (this process)
 
     # ---------------------------------------------------------------- bundles
 
@@ -274,6 +408,7 @@ class Journal:
             if state == COMPLETE:
                 r = c.execute("SELECT name, version FROM bundles WHERE id=?", (bundle_id,)).fetchone()
                 self._event(c, bundle_id, r["name"], r["version"], "complete", None)
+        self.unrecorded.pop(bundle_id, None)  # the journal has the bundle's state again
 
     def superseded_by(self, bundle_id: str) -> BundleRow | None:
         """A bundle of the same name admitted after this one (a newer version, or an allowed rollback)."""
@@ -377,11 +512,59 @@ class Journal:
         with self.db.tx() as c:
             c.execute("DELETE FROM drops WHERE path=?", (path,))
 
+    # ---------------------------------------------------------------- when the journal cannot be written
+
+    def note_failure(self, bundle_id: str, step: str | None, reason: str, detail: str,
+                     step_detail: str | None) -> bool:
+        """Keep a failure the journal could not record: in memory and in the pre-allocated ``journal.fallback``
+        (module docstring). Never raises; returns whether the file took it."""
+        entry = {"at": time.time(), "step": step, "reason": reason, "detail": detail, "stepDetail": step_detail}
+        self.unrecorded[bundle_id] = entry
+        notes = {k: v for k, v in self.fallback_notes().items() if k != bundle_id}
+        notes[bundle_id] = entry
+        while True:
+            data = json.dumps(dict(list(notes.items())[-_FALLBACK_KEEP:]), ensure_ascii=False).encode()
+            if len(data) <= FALLBACK_BYTES or len(notes) <= 1:
+                break
+            notes.pop(next(iter(notes)))
+        if len(data) > FALLBACK_BYTES:
+            return False
+        try:
+            fd = os.open(self.db.fallback_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, data.ljust(FALLBACK_BYTES), 0)  # in place: the blocks are allocated already
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        return True
+
+    def fallback_notes(self) -> dict[str, dict[str, Any]]:
+        try:
+            with open(self.db.fallback_path, "rb") as f:
+                notes = _padded_json(f.read())
+        except (OSError, ValueError):
+            return {}
+        return notes if isinstance(notes, dict) else {}
+
     # ---------------------------------------------------------------- reports
 
     def status(self) -> list[dict[str, Any]]:
+        """What ``agent status`` shows. A ``running`` row is shown running only while a pipeline holds the lock
+        for that bundle; otherwise ``failed`` with the reason from ``journal.fallback``, or ``interrupted``."""
+        with PipelineLock.probe(self.db.path.parent) as (busy, owner):
+            rows = self.bundles()
+            steps = {b.id: [s.json() for s in self.steps(b.id)] for b in rows}
+        stale = [b for b in rows if b.state == RUNNING]
+        if busy and stale:  # the holder's bundle is live (one that could not say which: the latest one)
+            live = owner or max(stale, key=lambda b: b.updated_at or 0).id
+            stale = [b for b in stale if b.id != live]
+        notes = self.fallback_notes() if stale else {}
+        shown = {b.id: _unowned(b, steps[b.id], notes.get(b.id)) for b in stale}
         out = []
-        for b in self.bundles():
+        for b in rows:
+            state, reason, detail = shown.get(b.id, (b.state, b.reason, b.detail))
             comps: list[dict[str, Any]] = []
             extra: dict[str, Any] = {}
             if b.index_json:
@@ -397,9 +580,25 @@ class Journal:
                                       **({"name": item["name"]} if "name" in item else {})})
             out.append({
                 "id": b.id, "digest": b.id, "name": b.name, "version": b.version, "sequence": b.sequence,
-                "state": b.state, "verified": bool(b.verified), "source": b.source, "signer": b.signer,
+                "state": state, "verified": bool(b.verified), "source": b.source, "signer": b.signer,
                 "size": b.size, "created": b.created, "expires": b.expires, "receivedAt": _iso(b.received_at),
-                "updatedAt": _iso(b.updated_at), "completedAt": _iso(b.completed_at), "reason": b.reason,
-                "detail": b.detail, "steps": [s.json() for s in self.steps(b.id)], "components": comps, **extra,
+                "updatedAt": _iso(b.updated_at), "completedAt": _iso(b.completed_at), "reason": reason,
+                "detail": detail, "steps": steps[b.id], "components": comps, **extra,
             })
         return out
+
+
+def _unowned(b: BundleRow, steps: list[dict[str, Any]], note: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(state, reason, detail) to show for a ``running`` row no pipeline runs; fixes up ``steps`` in place."""
+    if note is not None and float(note.get("at") or 0) >= (b.updated_at or 0):
+        for s in steps:
+            if s["name"] == note.get("step") or (note.get("step") is None and s["state"] == STEP_RUNNING):
+                s["state"], s["detail"] = STEP_FAILED, note.get("stepDetail")
+        return (FAILED, note.get("reason") or "step-failed",
+                f"{note.get('detail')} (kept in {FALLBACK_NAME}: the journal could not be written)")
+    for s in steps:
+        if s["state"] == STEP_RUNNING:
+            s["state"] = INTERRUPTED
+    return (INTERRUPTED, "interrupted",
+            f"{b.detail or 'a step'} was running when the agent stopped or could not write its journal (no reason "
+            "recorded: see the agent log); it resumes on the next run")

@@ -8,17 +8,19 @@ steps run (ingest verifies every blob while copying). Any VerifyError ⇒ quaran
 nothing is published, and whatever was served before stays served.
 
 Only one pipeline runs at a time per state dir (``state_dir/pipeline.lock``), so ``agent ingest`` and the
-daemon can share a site.
+daemon can share a site; the lock also says which bundle runs now, so ``agent status`` never shows a bundle
+``running`` that no process runs (journal module). A journal write that fails outside the steps (the disk is
+full) ends the run with a ``failed`` result, reason ``journal-error``, instead of an exception.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
+import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,10 @@ from ..digest import sha256_bytes
 from ..errors import VerifyError
 from .config import AgentConfig
 from .ingest import assemble_ready, ingest_part
-from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, WAITING, Database, Journal
+from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, WAITING, Database, Journal, PipelineLock, disk_full
 from .published import Published
 from .quarantine import quarantine
-from .steps import Interrupted, StepContext, plan, run_steps
+from .steps import Interrupted, StepContext, failure_message, plan, run_steps
 from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
@@ -67,20 +69,23 @@ class Pipeline:
         self.journal = Journal(self.db)
         self.published = Published(self.db)
         self.store = Store(config.store_dir)
+        self.lock = PipelineLock(config.state_dir)
         self.keys = config.public_keys()
         self.stop = stop or threading.Event()
         self.progress = progress or (lambda _n: None)
         self.on_result = on_result or (lambda _r: None)
         self.status = status or (lambda _s: None)
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        fd = os.open(self.config.state_dir / "pipeline.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return self.lock.held()
+
+    def _journal_failed(self, e: sqlite3.Error, bid: str | None = None) -> Result:
+        """A journal write outside the steps failed (admission, drop records): a result, not an exception."""
+        if disk_full(e):
+            self.store.release_reserve()
+        detail = failure_message(None, e)
+        log.error("cannot write the journal", extra={"kv": {"digest": bid, "error": detail}})
+        return Result("failed", bid, reason="journal-error", detail=detail)
 
     def in_drop_dir(self, path: Path) -> bool:
         return path.resolve().parent == self.config.drop_dir.resolve()
@@ -91,7 +96,10 @@ class Pipeline:
         """Run one settled file through the pipeline. Without ``force`` a file already handled (same path,
         size, mtime, inode) is skipped without being read."""
         with self.locked():
-            res = self._process_file(Path(path), force)
+            try:
+                res = self._process_file(Path(path), force)
+            except sqlite3.Error as e:
+                res = self._journal_failed(e)
         self.on_result(res)
         return res
 
@@ -103,10 +111,13 @@ class Pipeline:
                 return Result(row.state if row else "unknown", bundle_id)
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             src = Path(row.source) if row.source else None
-            if steps.get("ingest") not in (DONE, SKIPPED) and src is not None and src.is_file():
-                res = self._process_file(src, force=True)
-            else:
-                res = self._run(bundle_id, row.index(), None, src)
+            try:
+                if steps.get("ingest") not in (DONE, SKIPPED) and src is not None and src.is_file():
+                    res = self._process_file(src, force=True)
+                else:
+                    res = self._run(bundle_id, row.index(), None, src)
+            except sqlite3.Error as e:
+                res = self._journal_failed(e, bundle_id)
         self.on_result(res)
         return res
 
@@ -126,11 +137,14 @@ class Pipeline:
                               "ingest FILE`) first")
             idx = row.index()
             names = [d.name for d in plan(idx, self.config) if d.name.startswith(PREFIX)]
-            self.journal.reset_steps(bundle_id, names if everything else
-                                     [n for n in names if steps.get(n) not in (DONE, SKIPPED)])
-            self.journal.event(bundle_id, row.name, row.version, "apply",
-                               f"re-run {'all' if everything else 'unfinished'} apply steps")
-            res = self._run(bundle_id, idx, None, None, explicit=True)
+            try:
+                self.journal.reset_steps(bundle_id, names if everything else
+                                         [n for n in names if steps.get(n) not in (DONE, SKIPPED)])
+                self.journal.event(bundle_id, row.name, row.version, "apply",
+                                   f"re-run {'all' if everything else 'unfinished'} apply steps")
+                res = self._run(bundle_id, idx, None, None, explicit=True)
+            except sqlite3.Error as e:
+                res = self._journal_failed(e, bundle_id)
         self.on_result(res)
         return res
 
@@ -151,6 +165,7 @@ class Pipeline:
             return self._refuse_unverified(path, st, e)
         with ob:
             bid = sha256_bytes(ob.index_bytes)
+            self.lock.owner(bid)
             idx = ob.index
             row = self.journal.bundle(bid)
             if row is not None and row.state == COMPLETE:
@@ -258,6 +273,7 @@ class Pipeline:
 
     def _run(self, bid: str, idx: Any, ob: OpenBundle | None, path: Path | None,
              st: os.stat_result | None = None, explicit: bool = False) -> Result:
+        self.lock.owner(bid)
         ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
                           self.progress, log, status=self.status)
         ctx.scratch["explicit"] = explicit   # an operator's `agent apply`: even a superseded bundle is applied
@@ -274,10 +290,13 @@ class Pipeline:
                     self.journal.replan(bid, [d.name for d in plan(idx, self.config)])
                     return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
             return self._refuse(path, st, ob, bid, e, ctx.scratch.get("added", []))
-        if out.state == COMPLETE and path is not None and st is not None:
-            self._done_with_drop(path, st, bid, COMPLETE)
-        elif path is not None and st is not None and out.state in ("failed", "waiting"):
-            self.journal.record_drop(str(path), *_sig(st), bid, "failed")
+        try:
+            if out.state == COMPLETE and path is not None and st is not None:
+                self._done_with_drop(path, st, bid, COMPLETE)
+            elif path is not None and st is not None and out.state in ("failed", "waiting"):
+                self.journal.record_drop(str(path), *_sig(st), bid, "failed")
+        except sqlite3.Error as e:  # the bundle's state is recorded; an unrecorded drop is only read again
+            log.warning("cannot record the drop file", extra={"kv": {"file": str(path), "error": str(e)}})
         if out.state == COMPLETE:
             log.info("bundle complete", extra={"kv": {"bundle": idx.name, "version": idx.version, "digest": bid}})
         return Result(out.state, bid, idx.name, idx.version, None if out.state == COMPLETE else out.step,

@@ -1,10 +1,14 @@
 """The ``publish`` step: make a stored bundle visible — tags, blobs and model/file paths in one transaction,
-then the store's ``index.json`` (the OCI layout view) regenerated atomically."""
+and the store's ``index.json`` (the OCI layout view) regenerated atomically inside it, before COMMIT: when
+either write fails (e.g. the disk is full) the transaction rolls back and nothing of the bundle is served."""
 
 from __future__ import annotations
 
+import contextlib
+
 from ..bundle.index import BundleIndex
 from ..errors import HydraError
+from .journal import disk_full
 from .published import RefRow, repo_and_tag
 from .steps import StepContext, StepDef
 
@@ -40,7 +44,21 @@ def run(ctx: StepContext) -> str:
         raise HydraError(f"{len(missing)} blob(s) of the bundle are missing from the store (first {missing[0]}); "
                          "drop the bundle again")
     refs = refs_of(idx)
-    ctx.published.publish(ctx.bundle_id, refs, [(b.digest, b.size, b.mediaType) for b in idx.blobs],
-                          paths_of(idx))
-    ctx.store.write_index(ctx.published.layout_manifests())
+    wrote = False
+
+    def write_index() -> None:  # inside the transaction: layout_manifests sees its rows
+        nonlocal wrote
+        ctx.store.write_index(ctx.published.layout_manifests())
+        wrote = True
+
+    try:
+        ctx.published.publish(ctx.bundle_id, refs, [(b.digest, b.size, b.mediaType) for b in idx.blobs],
+                              paths_of(idx), before_commit=write_index)
+    except BaseException as e:
+        if wrote:  # the COMMIT failed after index.json was rewritten: back to what is published (best effort)
+            if disk_full(e):
+                ctx.store.release_reserve()  # the room to write it (and then to record the failure)
+            with contextlib.suppress(Exception):
+                ctx.store.write_index(ctx.published.layout_manifests())
+        raise
     return f"{len(refs)} references, {len(idx.blobs)} blobs"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,10 @@ class Published:
     # ---------------------------------------------------------------- writing (publish step)
 
     def publish(self, bundle_id: str, refs: list[RefRow], blobs: list[tuple[str, int, str]],
-                paths: list[tuple[str, str, str, str, int]]) -> None:
+                paths: list[tuple[str, str, str, str, int]],
+                before_commit: Callable[[], None] | None = None) -> None:
+        """Write every row in one transaction. ``before_commit`` runs inside it, after the rows (queries on this
+        thread see them): if it raises, nothing is published."""
         now = time.time()
         with self.db.tx() as c:
             for d, size, media in blobs:
@@ -73,6 +77,8 @@ class Published:
             for area, name, path, digest, size in paths:
                 c.execute("INSERT OR REPLACE INTO paths(area, name, path, digest, size, bundle_id, published_at) "
                           "VALUES(?,?,?,?,?,?,?)", (area, name, path, digest, size, bundle_id, now))
+            if before_commit is not None:
+                before_commit()
 
     def layout_manifests(self) -> list[dict[str, Any]]:
         """Descriptors for the store's index.json: one per published reference, annotated with its ref name."""

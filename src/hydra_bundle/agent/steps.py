@@ -16,23 +16,32 @@ It raises :class:`SkipStep` to record ``skipped``; :class:`StepPending` to recor
 then goes on with the next step** (a pending step waits for an operator, e.g. a helm command; it must not hold
 back independent steps; a later step that really needs it fails with its own message); :class:`Interrupted`
 when the agent stops (the step stays pending and the run ends); a :class:`~hydra_bundle.errors.VerifyError`
-to refuse the bundle (quarantine); any other :class:`~hydra_bundle.errors.HydraError`/``OSError`` marks the
-step ``failed`` and ends the run with the bundle ``failed``. At the end: any failure → ``failed``; else any
-pending step → ``waiting`` (the bundle detail lists each pending step with its command); else ``complete``.
+to refuse the bundle (quarantine); any other :class:`~hydra_bundle.errors.HydraError`/``OSError``/``sqlite3.Error``
+marks the step ``failed`` and ends the run with the bundle ``failed``. At the end: any failure → ``failed``; else
+any pending step → ``waiting`` (the bundle detail lists each pending step with its command); else ``complete``.
 ``failed`` and ``waiting`` bundles are retried every ``retry_interval``: the runner re-runs their failed and
 pending steps (in order, same rules).
+
+Failures of the runner's own journal writes (``step_started``, ``step_finished``, ``set_state``) are failures of
+the step they are about, handled the same way (:func:`_failed`) — never an exception that leaves the bundle
+``running``. A disk-full error anywhere (:func:`~hydra_bundle.agent.journal.disk_full`: ENOSPC or SQLITE_FULL)
+releases the store's journal reserve first and reads ``disk full while publishing: …``; before each step the
+reserve is made again, and while it cannot be the step fails up front (``Store.keep_reserve``), so a full disk
+keeps the bundle ``failed`` with that reason until space exists, then the next retry goes on. If even recording
+the failure fails, it goes to ``journal.fallback`` and the log (see the journal module).
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HydraError, VerifyError
-from .journal import COMPLETE, DONE, FAILED, PENDING, SKIPPED, STEP_FAILED, WAITING, Journal
+from .journal import COMPLETE, DONE, FAILED, PENDING, SKIPPED, STEP_FAILED, WAITING, Journal, disk_full
 
 if TYPE_CHECKING:
     from ..bundle.index import BundleIndex
@@ -79,6 +88,7 @@ class StepContext:
     status: Callable[[str], None] = lambda _s: None         # what the agent is doing (systemd STATUS=)
     result: dict[str, Any] | None = None                    # set by a step: structured result kept in the journal
     cleanups: list[Callable[[], None]] = field(default_factory=list)   # run when the run ends
+    step: str | None = None    # the step being run (or whose journal record is being written)
 
     def check_stop(self) -> None:
         if self.stop.is_set():
@@ -142,8 +152,54 @@ def run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
     quarantines)."""
     try:
         return _run_steps(ctx, defs)
+    except VerifyError:
+        raise
+    except (HydraError, OSError, sqlite3.Error) as e:  # a journal write around a step failed (e.g. disk full)
+        return _failed(ctx, ctx.step, e)
     finally:
         ctx.close()
+
+
+_DOING = {"ingest": "ingesting", "publish": "publishing", "push": "pushing"}
+
+
+def doing(step: str | None) -> str:
+    if step is None:
+        return "recording the bundle's state"
+    if step.startswith("apply:"):
+        return f"applying {step.removeprefix('apply:')}"
+    return _DOING.get(step, f"running step {step}")
+
+
+def failure_message(step: str | None, e: BaseException) -> str:
+    """The step detail for a failure: disk-full and journal errors say what was being done."""
+    msg = str(e) or type(e).__name__
+    journal = "journal: " if isinstance(e, sqlite3.Error) else ""
+    if disk_full(e):
+        return f"disk full while {doing(step)}: {journal}{msg}"
+    if journal:
+        return f"journal error while {doing(step)}: {msg}"
+    return msg
+
+
+def _failed(ctx: StepContext, step: str | None, e: BaseException) -> Outcome:
+    """Record that ``step`` failed (``None``: a journal write after the last step) and end the run ``failed``.
+    When the journal cannot take even this, keep it in ``journal.fallback`` and memory and say so in the log."""
+    if disk_full(e):
+        ctx.store.release_reserve()
+    msg = failure_message(step, e)
+    detail = f"{step}: {msg}" if step else msg
+    ctx.log.error("step failed", extra=_kv(ctx, step=step, error=msg))
+    try:
+        if step is not None:
+            ctx.journal.step_finished(ctx.bundle_id, step, STEP_FAILED, msg, ctx.result)
+        ctx.journal.set_state(ctx.bundle_id, FAILED, "step-failed", detail)
+    except (sqlite3.Error, OSError) as je:
+        kept = ctx.journal.note_failure(ctx.bundle_id, step, "step-failed", detail, msg)
+        ctx.log.error("cannot record the failure in the journal", extra=_kv(
+            ctx, step=step, error=msg, journal_error=str(je),
+            kept_in=str(ctx.journal.db.fallback_path) if kept else "memory only (see this log)"))
+    return Outcome(FAILED, step, msg)
 
 
 def _kv(ctx: StepContext, **kv: Any) -> dict[str, Any]:
@@ -152,6 +208,7 @@ def _kv(ctx: StepContext, **kv: Any) -> dict[str, Any]:
 
 def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
     j = ctx.journal
+    ctx.step = None
     j.replan(ctx.bundle_id, [d.name for d in defs])
     states = {s.name: s.state for s in j.steps(ctx.bundle_id)}
     pending: list[tuple[str, str]] = []
@@ -160,10 +217,11 @@ def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
             continue
         if ctx.stop.is_set():
             return Outcome("interrupted", d.name)
+        ctx.step, ctx.result = d.name, None
+        ctx.store.keep_reserve(doing(d.name))
         j.step_started(ctx.bundle_id, d.name)
         ctx.log.info("step started", extra=_kv(ctx, step=d.name))
         ctx.status(f"{ctx.index.name} {ctx.index.version}: {d.name}")
-        ctx.result = None
         try:
             detail = d.run(ctx)
         except SkipStep as e:
@@ -186,14 +244,11 @@ def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
         except VerifyError as e:
             j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, str(e))
             raise
-        except (HydraError, OSError) as e:
-            msg = str(e) or type(e).__name__
-            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, msg, ctx.result)
-            j.set_state(ctx.bundle_id, FAILED, "step-failed", f"{d.name}: {msg}")
-            ctx.log.error("step failed", extra=_kv(ctx, step=d.name, error=msg))
-            return Outcome(FAILED, d.name, msg)
+        except (HydraError, OSError, sqlite3.Error) as e:
+            return _failed(ctx, d.name, e)
         j.step_finished(ctx.bundle_id, d.name, DONE, detail, ctx.result)
         ctx.log.info("step done", extra=_kv(ctx, step=d.name, detail=detail))
+    ctx.step = None
     if pending:
         detail = f"{len(pending)} step(s) pending: " + "; ".join(f"{n}: {m}" for n, m in pending)
         j.set_state(ctx.bundle_id, WAITING, "step-pending", detail)

@@ -6,23 +6,26 @@ place. ``index.json`` lists what is published (regenerated atomically by the pub
 ``org.opencontainers.image.ref.name`` annotations, so ``skopeo copy oci:STORE:REF`` works on it too.
 
 ``.reserve`` (1 MiB) keeps room for the journal on the same filesystem: when a write finds the disk full (another
-process filled it after the space check), the reserve is released so the failure can still be recorded; it is
-made again before the next ingest.
+process filled it after the space check) — a blob, ``index.json`` or the journal itself (SQLITE_FULL, released by
+the step runner) — the reserve is released so the failure can still be recorded; it is made again before the
+next step (:meth:`Store.keep_reserve`), and a step does not start while it cannot be.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..bundle.reader import BlobMember
-from ..digest import BlobDir, canonical_json, ensure_free_space, fsync_dir, hex_of
+from ..digest import BlobDir, canonical_json, ensure_free_space, fsync_dir, hex_of, human_bytes
+from ..errors import DiskSpaceError
 from ..oci import mediatypes as mt
+from .journal import disk_full
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 WRITEBACK_STEP = 8 << 20
@@ -72,9 +75,21 @@ class Store(BlobDir):
         except OSError:  # no room yet: try again before the next ingest
             tmp.unlink(missing_ok=True)
 
+    def keep_reserve(self, what: str) -> None:
+        """Before a step: make the reserve again if a disk-full failure released it. When it cannot be made the
+        disk is full: raise DiskSpaceError (the step fails up front, with room left to record why)."""
+        self.make_reserve()
+        if not self.reserve.exists():
+            free = shutil.disk_usage(self.root).free
+            raise DiskSpaceError(f"disk full while {what}: {human_bytes(free)} free on {self.root}, less than the "
+                                 f"{human_bytes(RESERVE_BYTES)} kept for the journal")
+
+    def release_reserve(self) -> None:
+        self.reserve.unlink(missing_ok=True)  # room for the journal to record a disk-full failure
+
     def _disk_full(self, e: BaseException) -> None:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            self.reserve.unlink(missing_ok=True)  # room for the journal to record this failure
+        if disk_full(e):
+            self.release_reserve()
 
     def put_member(self, member: BlobMember, progress: Callable[[int], None] | None = None) -> bool:
         """Copy one tar member in, hashing it once on the way. Returns False when the store already has it
