@@ -167,7 +167,8 @@ class Builder:
         return Context(client=client, http=http, cache=self.cache, base_dir=self.spec.base_dir,
                        platforms=self.opts.platforms or self.spec.platforms,
                        tag=tag_for(self.spec.metadata.version), locked=locked, log=self.rep.log,
-                       url_mirrors={k: v for k, v in self.opts.mirrors.items() if "://" in k})
+                       url_mirrors={k: v for k, v in self.opts.mirrors.items() if "://" in k},
+                       verify_tls=self.opts.verify_tls)
 
     def resolve_and_fetch(self, pin_only: bool = False) -> tuple[Context, list[Finished]]:
         """Resolve every source, bring every blob into the cache, and finish the components.

@@ -35,6 +35,7 @@ class Context:
     lock_out: dict[str, Any] = field(default_factory=dict)  # what `lock` records
     log: Callable[[str], None] = lambda _msg: None
     url_mirrors: dict[str, str] = field(default_factory=dict)  # URL prefix → replacement prefix
+    verify_tls: bool | str = True                            # as the http client (the fast body path uses it)
 
     def url(self, url: str) -> str:
         """Where to actually fetch ``url`` from (``--mirror https://huggingface.co=https://hf-mirror.corp``)."""

@@ -22,7 +22,7 @@ import yaml
 from ..bundle import index as ix
 from ..digest import canonical_json, hex_of
 from ..errors import DigestMismatch, NotFound, SourceError, UsageError
-from ..httpio import download, download_into
+from ..httpio import Body, HttpxBody, download, download_into, fast_get
 from ..oci import mediatypes as mt
 from ..oci.client import Manifest
 from ..oci.reference import Reference
@@ -105,9 +105,12 @@ def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, med
                label: str) -> BlobTask:
     digest = f"sha256:{sha256}" if sha256 else None
 
-    def open_response(headers: dict[str, str]) -> httpx.Response:
+    def open_response(headers: dict[str, str]) -> Body:
+        fast = fast_get(ctx.url(url), headers, ctx.verify_tls)
+        if fast is not None:
+            return fast
         try:
-            return ctx.http.send(ctx.http.build_request("GET", ctx.url(url), headers=headers), stream=True)
+            return HttpxBody(ctx.http.send(ctx.http.build_request("GET", ctx.url(url), headers=headers), stream=True))
         except httpx.HTTPError as e:
             raise SourceError(f"{url}: {e}") from None
 

@@ -22,7 +22,7 @@ import httpx
 from .. import __version__
 from ..digest import CHUNK, hex_of
 from ..errors import AuthError, DigestMismatch, NotFound, SourceError, UsageError
-from ..httpio import download
+from ..httpio import Body, HttpxBody, download, fast_get
 from . import mediatypes as mt
 from .auth import Credential, CredentialStore, TokenCache, parse_challenge
 from .reference import Reference, api_host
@@ -83,6 +83,7 @@ class RegistryClient:
         self.mirrors = dict(mirrors or {})
         self.creds = credentials if credentials is not None else CredentialStore()
         self.tokens = TokenCache()
+        self.verify_tls, self.timeout = verify_tls, timeout
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=15.0),
             verify=verify_tls,
@@ -275,11 +276,20 @@ class RegistryClient:
         download(self.blob_opener(registry, repository, digest), what, partial, size, digest, progress, self._fail)
         os.replace(partial, dest)
 
-    def blob_opener(self, registry: str, repository: str, digest: str) -> Callable[[dict[str, str]], httpx.Response]:
-        """A function that starts a streamed GET of the blob with extra headers (Range when resuming)."""
+    def blob_opener(self, registry: str, repository: str, digest: str) -> Callable[[dict[str, str]], Body]:
+        """A function that starts a streamed GET of the blob with extra headers (Range when resuming): the lean
+        http.client body reader when it can take it (see httpio), else httpx (auth challenges, errors)."""
 
-        def open_response(headers: dict[str, str]) -> httpx.Response:
-            return self.request("GET", registry, repository, f"blobs/{digest}", headers=headers, stream=True)
+        def open_response(headers: dict[str, str]) -> Body:
+            ep = self.endpoint(registry)
+            repo = ep.repo(repository)
+            auth = self._auth_header(ep, registry, f"repository:{repo}:pull")
+            fast = fast_get(f"{ep.base}/v2/{repo}/blobs/{digest}", {**headers, **auth}, self.verify_tls,
+                            self.timeout)
+            if fast is not None:
+                return fast
+            return HttpxBody(self.request("GET", registry, repository, f"blobs/{digest}", headers=headers,
+                                          stream=True))
 
         return open_response
 
