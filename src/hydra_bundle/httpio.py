@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from .digest import CHUNK
+from .digest import CHUNK, WRITEBACK_STEP, start_writeback
 from .errors import DigestMismatch, SourceError
 
 Progress = Callable[[int], None]
@@ -196,8 +196,6 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
     return got, have
 
 
-WRITEBACK_STEP = 8 << 20  # start writeback every 8 MiB so a final fsync has little left to wait for
-_SYNC_RANGE = hasattr(os, "sync_file_range")
 
 
 class Cancelled(Exception):
@@ -245,8 +243,8 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
                     if progress and have > high:
                         progress(have - high)
                         high = have
-                    if _SYNC_RANGE and have - kicked >= WRITEBACK_STEP:
-                        os.sync_file_range(fd, offset + kicked, have - kicked, os.SYNC_FILE_RANGE_WRITE)
+                    if have - kicked >= WRITEBACK_STEP:
+                        start_writeback(fd, offset + kicked, have - kicked)
                         kicked = have
             except BodyError as e:
                 if log:

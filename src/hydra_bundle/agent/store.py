@@ -22,15 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.reader import BlobMember
-from ..digest import BlobDir, canonical_json, ensure_free_space, fsync_dir, hex_of, human_bytes
+from ..digest import (
+    WRITEBACK_STEP,
+    BlobDir,
+    canonical_json,
+    ensure_free_space,
+    fsync_dir,
+    hex_of,
+    human_bytes,
+    start_writeback,
+)
 from ..errors import DiskSpaceError
 from ..oci import mediatypes as mt
 from .journal import disk_full
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
-WRITEBACK_STEP = 8 << 20
 RESERVE_BYTES = 1 << 20
-_SYNC_RANGE = hasattr(os, "sync_file_range")
 
 
 class Store(BlobDir):
@@ -110,10 +117,10 @@ class Store(BlobDir):
                         n = out.write(chunk)
                         chunk = chunk[n:]  # type: ignore[index]
                         pos += n
-                    if _SYNC_RANGE and pos - kicked >= WRITEBACK_STEP:
+                    if pos - kicked >= WRITEBACK_STEP:
                         # start writeback now so the disk works while we read and hash the next chunks;
                         # the fsync below then has little left to wait for
-                        os.sync_file_range(fd, kicked, pos - kicked, os.SYNC_FILE_RANGE_WRITE)
+                        start_writeback(fd, kicked, pos - kicked)
                         kicked = pos
 
                 member.read_into(sink, progress)
