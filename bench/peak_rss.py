@@ -279,7 +279,7 @@ def cycle(hb: str, direct: bool, reg: Registry, image_ref: str, srv: ContentServ
         "apiVersion": "hydra-bundle/v1", "kind": "BundleSpec",
         "metadata": {"name": "bench-rss", "version": tag, "sequence": 1},
         "images": [{"ref": image_ref}],
-        "files": [{"name": "dataset", "url": srv.url + file_path, "sha256": pins[0]}],
+        "files": [{"name": "dataset", "url": srv.url + file_path, "sha256": pins[0], "size": file_size}],
         "models": [{"name": "llm", "base_url": f"{srv.url}/models/llm-{tag}/",
                     "files": [{"path": n, "sha256": p, "size": s}
                               for n, p, s in zip(shard_names, pins[1:], shard_sizes, strict=True)]}],
