@@ -895,3 +895,31 @@ def test_delta_never_downloads_what_the_site_has(registry: Registry, tmp_path: P
     assert not any(r.path == "/m/w.bin" for r in srv.requests)  # never fetched
     assert s["downloadedBytes"] < len(img.layers[1]) + len(_FILE) + 100_000
     assert _has(out, digest_of(weights), img.layer_digests[0], img.layer_digests[1]) == [False, False, True]
+
+
+# ---------------------------------------------------------------- TLS registry (--tls-ca)
+
+
+def test_tls_registry_with_site_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry behind a private CA: --tls-ca trusts it (blob bodies on the lean path too); without it the
+    build fails naming the certificate problem."""
+    from hydra_bundle.httpio import FastBody, fast_get
+
+    with Registry(tls=True) as reg:
+        img = make_image([1_500_000, 2000], 95)
+        monkeypatch.setenv("SSL_CERT_FILE", str(reg.ca_cert))  # for the test's own push client only
+        push_image(reg.url, "tls/app", "1", img)
+        monkeypatch.delenv("SSL_CERT_FILE")
+        blob_url = f"{reg.url}/v2/tls/app/blobs/{img.layer_digests[0]}"
+        body = fast_get(blob_url, {}, str(reg.ca_cert))
+        assert isinstance(body, FastBody) and body.status_code == 200
+        body.close()
+        assert fast_get(blob_url, {}, True) is None  # unknown CA: left to httpx, which reports it
+
+        spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{reg.host}/tls/app:1"}])
+        for direct in ([], ["--direct"]):
+            out = tmp_path / f"b{len(direct)}.tar"
+            build(spec, out, tmp_path / f"c{len(direct)}", "--tls-ca", reg.ca_cert, *direct)
+            assert blob(out, img.layer_digests[0]) == img.layers[0]
+        build(spec, tmp_path / "x.tar", tmp_path / "c9", expect=1)
+        assert "CERTIFICATE_VERIFY_FAILED" in _last_error() or "certificate" in _last_error().lower()

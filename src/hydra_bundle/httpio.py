@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from . import __version__
 from .digest import CHUNK, WRITEBACK_STEP, start_writeback
 from .errors import DigestMismatch, SourceError
 
@@ -93,8 +94,16 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     key = repr(verify)
     with _SSL_LOCK:
         if key not in _SSL:
-            _SSL[key] = httpx.create_ssl_context(verify=verify)
+            if isinstance(verify, str):  # a CA bundle file or directory (--tls-ca)
+                _SSL[key] = ssl.create_default_context(**{"cafile" if os.path.isfile(verify) else "capath": verify})
+            else:
+                _SSL[key] = httpx.create_ssl_context(verify=verify)
         return _SSL[key]
+
+
+def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """What to give httpx as ``verify``: a CA path becomes an SSL context (httpx deprecates path strings)."""
+    return _ssl_context(verify) if isinstance(verify, str) else verify
 
 
 def fast_get(url: str, headers: dict[str, str], verify: bool | str = True, timeout: float = 60.0,
@@ -116,7 +125,7 @@ def fast_get(url: str, headers: dict[str, str], verify: bool | str = True, timeo
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
             path = parts.path or "/"
             conn.request("GET", f"{path}?{parts.query}" if parts.query else path,
-                         headers={"User-Agent": "hydra-bundle", **headers})
+                         headers={"User-Agent": f"hydra-bundle/{__version__}", **headers})
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException, ValueError):
             return None  # httpx makes the same attempt and reports it properly

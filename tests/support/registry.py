@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,7 @@ class Registry:
         *,
         startup_timeout: float = 20.0,
         binary: str = REGISTRY_BIN,
+        tls: bool = False,
     ) -> None:
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
@@ -60,6 +62,8 @@ class Registry:
         self.config_path = self.dir / "config.yml"
         self.log_path = self.dir / "registry.log"
         self.port = 0
+        self.tls = tls
+        self.ca_cert = self.dir / "ca.crt"  # with tls=True: the CA that issued the server certificate
         self._proc: subprocess.Popen[bytes] | None = None
         try:
             self._start(startup_timeout)
@@ -75,8 +79,8 @@ class Registry:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:PORT`."""
-        return f"http://{self.host}"
+        """`http://127.0.0.1:PORT` (`https://` with tls=True)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -132,7 +136,9 @@ class Registry:
             f"  filesystem: {{rootdirectory: {self.data_dir}}}",
             "  delete: {enabled: true}",
             "  cache: {blobdescriptor: inmemory}",
-            f"http: {{addr: '127.0.0.1:{self.port}', secret: hydra-test-secret}}",
+            f"http: {{addr: '127.0.0.1:{self.port}', secret: hydra-test-secret"
+            + (f", tls: {{certificate: {self.dir / 'server.crt'}, key: {self.dir / 'server.key'}}}}}" if self.tls
+               else "}"),
             "health: {storagedriver: {enabled: false}}",
         ]
         if self.username is not None and self.password is not None:
@@ -141,8 +147,24 @@ class Registry:
             lines.append(f"auth: {{htpasswd: {{realm: hydra-test, path: {htpasswd}}}}}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
+    def _make_certs(self) -> None:
+        """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+        d = self.dir
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=hydra-test-ca")
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+
     def _start(self, timeout: float, attempts: int = 3) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self._make_certs()
         last_error = ""
         for _ in range(attempts):
             self.port = free_port()
@@ -175,7 +197,8 @@ class Registry:
             if self._proc.poll() is not None:
                 return f"process exited with code {self._proc.returncode}"
             try:
-                r = httpx.get(f"{self.url}/v2/", timeout=2)
+                r = httpx.get(f"{self.url}/v2/", timeout=2,
+                              verify=ssl.create_default_context(cafile=str(self.ca_cert)) if self.tls else True)
                 if r.status_code in ok:
                     return None
                 last = f"GET /v2/ -> {r.status_code}"

@@ -25,7 +25,7 @@ from ..bundle.sign import load_private_key, sign
 from ..bundle.writer import write_bundle, write_parts
 from ..digest import CHUNK, canonical_json, ensure_free_space, sha256_bytes
 from ..errors import DigestMismatch, SourceError, UsageError
-from ..httpio import Cancelled
+from ..httpio import Cancelled, tls_verify
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
 from ..progress import QuietReporter, Reporter
@@ -178,7 +178,8 @@ class Builder:
         registry_mirrors = {k: v for k, v in self.opts.mirrors.items() if "://" not in k}
         client = RegistryClient(self.opts.insecure, registry_mirrors, verify_tls=self.opts.verify_tls)
         http = httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=True,
-                            verify=self.opts.verify_tls, headers={"User-Agent": f"hydra-bundle/{__version__}"})
+                            verify=tls_verify(self.opts.verify_tls),
+                            headers={"User-Agent": f"hydra-bundle/{__version__}"})
         self._close = [client.close, http.close]  # kept open for --direct downloads while writing; see close()
         ctx = self._context(client, http)
         sources = make_sources(self.spec, ctx)

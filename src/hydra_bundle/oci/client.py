@@ -22,7 +22,7 @@ import httpx
 from .. import __version__
 from ..digest import CHUNK, hex_of
 from ..errors import AuthError, DigestMismatch, NotFound, SourceError, UsageError
-from ..httpio import Body, HttpxBody, download, fast_get
+from ..httpio import Body, HttpxBody, download, fast_get, tls_verify
 from . import mediatypes as mt
 from .auth import Credential, CredentialStore, TokenCache, parse_challenge
 from .reference import Reference, api_host
@@ -86,7 +86,7 @@ class RegistryClient:
         self.verify_tls, self.timeout = verify_tls, timeout
         self.http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=15.0),
-            verify=verify_tls,
+            verify=tls_verify(verify_tls),
             follow_redirects=True,  # blob GETs redirect to object storage on real registries
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"User-Agent": f"hydra-bundle/{__version__}"},
