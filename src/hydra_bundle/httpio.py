@@ -265,6 +265,8 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
         stalled = stalled + 1 if have == before else 0
         if stalled >= attempts:
             raise SourceError(f"{what}: got {have} of {size} bytes after {attempts} attempts without progress")
+        if stalled and (stop or threading.Event()).wait(min(0.2 * 2 ** stalled, 5.0)):  # back off, stay cancellable
+            raise Cancelled(what)
     got = "sha256:" + h.hexdigest()
     if got != digest:
         raise DigestMismatch(what, digest, got)
