@@ -15,7 +15,7 @@ from ..errors import SpecError
 from .base import Action, ApplyError, BundleInfo, Step
 from .deploy_spec import DeploySpec, SiteConfig, SqlSeed, TlsSecret
 from .helm import HelmRelease, chart_values
-from .kube import MANAGED_BY, MANAGED_BY_LABEL, ObjKey, mark_ours
+from .objects import MANAGED_BY, MANAGED_BY_LABEL, ObjKey, mark_ours
 from .rewrite import chart_site_repository, rewrite_workload_images
 from .steps import (
     BUILTIN_API_VERSIONS,

@@ -8,7 +8,7 @@ import copy
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     Action,
@@ -25,7 +25,10 @@ from .base import (
 )
 from .deploy_spec import SqlSeed
 from .helm import HelmRelease, command_text, deployed_without_helm, helm_env, upgrade_install, write_values
-from .kube import CRD_KIND, Kube, ObjKey, key_of, mark_ours, sort_for_apply
+from .objects import CRD_KIND, ObjKey, key_of, mark_ours, sort_for_apply
+
+if TYPE_CHECKING:
+    from .kube import Kube
 from .rewrite import ImageChange
 from .tls import Material, SiteCA, fingerprint, from_files
 from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness, namespace_object
