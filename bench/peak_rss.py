@@ -386,8 +386,11 @@ def _commit() -> str:
     """The source measured (``+dirty`` when the working tree differs from the commit)."""
     root = Path(__file__).resolve().parent.parent
     git = ["git", "-C", str(root)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    except OSError:  # no git (an unpacked release)
+        return "unknown"
     return head + ("+dirty" if dirty.strip() else "")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from hydra_bundle.digest import hex_of, sha256_file
 from hydra_bundle.oci.reference import Reference
 from hydra_bundle.spec.model import BundleSpec
 from tests.support.chartrepo import make_chart, write_index
@@ -136,7 +137,7 @@ def _seed_http(spec: BundleSpec, fixtures: Path, net: Internet, work: Path,
     by_sha = {}
     for p in fixtures.rglob("*"):
         if p.is_file() and p.stat().st_size < (64 << 20):
-            by_sha[hashlib.sha256(p.read_bytes()).hexdigest()] = p
+            by_sha[hex_of(sha256_file(p)[0])] = p  # streamed, not read whole
     hosts: set[str] = set()
     for m in spec.manifests:
         if m.url:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import yaml  # noqa: E402
 
 from demo import internet  # noqa: E402
 from hydra_bundle.spec import load_spec  # noqa: E402
+from tests.support.registry import free_port  # noqa: E402
 
 HB = [sys.executable, "-m", "hydra_bundle.cli.main"]
 
@@ -42,16 +42,8 @@ def info(msg: str) -> None:
     print(f"    {msg}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def hb(*args: str, check: bool = True, capture: bool = False, env: dict[str, str] | None = None
-       ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HB, *args], check=check, text=True, capture_output=capture,
-                          env={**os.environ, **(env or {})})
+def hb(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*HB, *args], check=check, text=True, capture_output=capture)
 
 
 def find_fixtures(arg: str | None) -> Path:

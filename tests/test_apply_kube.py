@@ -28,7 +28,8 @@ from hydra_bundle.apply.base import (
     TransientError,
 )
 from hydra_bundle.apply.deploy_spec import SiteConfig
-from hydra_bundle.apply.kube import Kube, mark_ours
+from hydra_bundle.apply.kube import Kube
+from hydra_bundle.apply.objects import mark_ours
 from hydra_bundle.apply.plan import ApplyPlan, build_plan
 from tests.support.applyindex import synthetic_index
 from tests.support.kube import KubeAPIServer

@@ -132,6 +132,11 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def blob_path(root: Path, digest: str) -> Path:
+    """Where an OCI-layout-style directory (``root/blobs/sha256/<hex>``) keeps ``digest``."""
+    return root / "blobs" / "sha256" / hex_of(digest)
+
+
 class BlobDir:
     """A ``blobs/sha256/<hex>`` directory (the builder's cache and the agent's store both are one)."""
 

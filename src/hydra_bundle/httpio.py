@@ -144,14 +144,16 @@ def fast_get(url: str, headers: dict[str, str], verify: bool | str = True, timeo
 
 def download(open_response: Callable[[dict[str, str]], Body], what: str, partial: Path,
              size: int | None, digest: str | None, progress: Progress | None = None,
-             fail: Callable[[httpx.Response, str], Exception] | None = None) -> tuple[str, int]:
+             fail: Callable[[httpx.Response, str], Exception] | None = None, attempts: int = 1,
+             log: Callable[[str], None] | None = None) -> tuple[str, int]:
     """Stream a response body into ``partial``, resuming with Range from what is already there.
 
-    The bytes already on disk are hashed first, so the digest covers the whole file and each downloaded
-    byte is hashed exactly once. Returns (digest, size); the caller renames ``partial`` into place.
-    On a digest mismatch the partial file is removed (it can never become right)."""
+    The bytes a partial file from an earlier run holds are hashed first, so the digest covers the whole file;
+    within a run a cut-off body is resumed (up to ``attempts`` requests, as long as each one makes progress)
+    with the running hash kept, so each byte is hashed exactly once. Returns (digest, size); the caller renames
+    ``partial`` into place. On a digest mismatch the partial file is removed (it can never become right)."""
     h = hashlib.sha256()
-    have = 0
+    have = reported = 0
     if partial.exists():
         have = partial.stat().st_size
         if size is not None and have > size:
@@ -163,23 +165,28 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
             with open(partial, "rb", buffering=0) as f:
                 while n := f.readinto(buf):
                     h.update(view[:n])
-    if size is not None and have == size and size > 0:
-        resp = None
-    else:
-        resp = open_response({"Range": f"bytes={have}-"} if have else {})
-    try:
-        if resp is not None:
+
+    def advance() -> None:  # progress counts each byte of the blob once, across resumes and restarts
+        nonlocal reported
+        if progress and have > reported:
+            progress(have - reported)
+            reported = have
+
+    advance()
+    for attempt in range(1, attempts + 1):
+        if size is not None and have == size and size > 0:
+            break
+        before = have
+        resp: Body | None = open_response({"Range": f"bytes={have}-"} if have else {})
+        try:
+            assert resp is not None
             if resp.status_code == 200 and have:
                 h, have = hashlib.sha256(), 0  # server ignored Range: start over
             elif resp.status_code == 416 and have:
-                resp.close()
-                resp = None
+                break
             elif resp.status_code not in (200, 206):
                 raise _failure(resp, what, fail)
-            if progress and have:
-                progress(have)
-        with open(partial, "ab" if have else "wb") as out:
-            if resp is not None:
+            with open(partial, "ab" if have else "wb") as out:
                 for chunk in resp.chunks():
                     h.update(chunk)
                     out.write(chunk)
@@ -188,14 +195,19 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
                         out.close()
                         partial.unlink(missing_ok=True)
                         raise SourceError(f"{what}: more data than the declared {size} bytes")
-                    if progress:
-                        progress(len(chunk))
-            out.flush()  # no fsync: the cache is a cache (see builder/cache.py)
-    except BodyError as e:
-        raise SourceError(f"{what}: download interrupted after {have} bytes ({e}); run again to resume") from None
-    finally:
-        if resp is not None:
+                    advance()
+                out.flush()  # no fsync: the cache is a cache (see builder/cache.py)
+        except BodyError as e:
+            if attempt == attempts or have <= before:
+                raise SourceError(f"{what}: download interrupted after {have} bytes ({e}); run again to resume"
+                                  ) from None
+            if log:
+                log(f"warning: {what}: interrupted after {have} bytes; resuming")
+            continue
+        finally:
             resp.close()
+        if size is None or have >= size or have <= before:
+            break  # complete, or a short body that made no progress (reported below)
     got = "sha256:" + h.hexdigest()
     if size is not None and have != size:
         raise SourceError(f"{what}: got {have} of {size} bytes; run again to resume")

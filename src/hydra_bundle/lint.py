@@ -11,7 +11,6 @@ what cannot be found offline is reported as not checked, never silently passed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import tarfile
@@ -22,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from .apply.rewrite import workload_images
+from .apply.rewrite import api_group, workload_images
 from .apply.subst import SubstError, parse_manifests
+from .digest import hex_of, sha256_file
 from .errors import SpecError, UsageError
 from .oci.reference import Reference
+from .spec import load_spec
 from .spec.model import BundleSpec
 
 # Built-in API groups and kinds a manifest may use without shipping a CRD.
@@ -82,7 +83,7 @@ class Content:
             for root in self.search:
                 for p in sorted(root.rglob("*")):
                     if p.is_file() and p.stat().st_size < (256 << 20):
-                        self._index.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+                        self._index.setdefault(hex_of(sha256_file(p)[0]), p)  # streamed, not read whole
         return self._index
 
     def by_sha(self, sha: str | None) -> bytes | None:
@@ -189,8 +190,7 @@ def _crd_kinds(crd: dict[str, Any]) -> tuple[str, str] | None:
 def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Path | None = None,
          search: Iterable[Path] = ()) -> Report:
     rep = Report()
-    spec: BundleSpec = __import__("hydra_bundle.spec", fromlist=["load_spec"]).load_spec(
-        spec_path, variables, use_examples=True)
+    spec: BundleSpec = load_spec(spec_path, variables, use_examples=True)
     fname = str(spec_path)
     lines = getattr(spec, "_lines", None)
 
@@ -289,7 +289,7 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
 
     unchecked = any("not checked" in n for n in rep.notes)
     for where, obj in objects:
-        group = obj["apiVersion"].rpartition("/")[0] if "/" in obj["apiVersion"] else ""
+        group = api_group(obj["apiVersion"])
         if (group, obj["kind"]) not in known_kinds:
             msg = (f"{where}: {obj['kind']} ({obj['apiVersion']}) is neither built in nor defined by a CRD "
                    "in this bundle")

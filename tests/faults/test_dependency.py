@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import _skip_or_fail
 from tests.faults.conftest import Bundles, Keys, Reference, complete, make_agent
 from tests.faults.support import (
     SEED,
@@ -163,7 +164,7 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
     p = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
                        text=True)
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the disk-full trials (needs root/CAP_SYS_ADMIN): {p.stderr.strip()}")
+        _skip_or_fail(f"cannot mount a tmpfs for the disk-full trials (needs root/CAP_SYS_ADMIN): {p.stderr.strip()}")
     try:
         yield path
     finally:

@@ -42,7 +42,7 @@ class Agent:
         self.metrics = Metrics()
         self.db = Database(config.journal_path)
         self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result, self._activity)
-        self.metrics.attach(self.db, config.store_dir)
+        self.metrics.attach(self.db)
         self.notifier = notifier or Notifier()
         self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
         self.watcher = Watcher(config.drop_dir, self.settler, self.wake)
@@ -68,10 +68,10 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         try:
-            rows = self.db.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state")
+            counts = self.db.state_counts()
         except Exception as e:
             return {"ok": False, "error": str(e)}
-        out = {"ok": not self.stop.is_set(), "bundles": {r["state"]: r["n"] for r in rows}, "busy": self.busy}
+        out = {"ok": not self.stop.is_set(), "bundles": counts, "busy": self.busy}
         if self.pipeline.journal.unrecorded:  # failures the journal could not take (disk full)
             out["unrecordedFailures"] = dict(self.pipeline.journal.unrecorded)
         return out

@@ -56,17 +56,17 @@ class FileHandler(StoreHandler):
             self._list(f"/{area}/", [f"{n}/" for n in self.published.names(area)])
             return
         name, rel = segs[1], "/".join(segs[2:])
-        files = self.published.files(area, name)
-        if not files:
-            self._not_found()
-            return
-        if rel:
+        if rel and not trailing:  # a file: one lookup (every Range request of a download comes here)
             hit = self.published.file(area, name, rel)
-            if hit is not None and not trailing:
+            if hit is not None:
                 digest, size, published = hit
                 ctype = mimetypes.guess_type(rel)[0] or "application/octet-stream"
                 self.send_file(self.store.path(digest), size, {"ETag": f'"{digest}"'}, ctype, published)
                 return
+        files = self.published.files(area, name)  # listings, redirects to a directory, 404
+        if not files:
+            self._not_found()
+            return
         prefix = f"{rel}/" if rel else ""
         entries: set[str] = set()
         for path, _size, _t in files:

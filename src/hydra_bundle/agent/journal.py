@@ -36,7 +36,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,6 +299,10 @@ class Database:
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self.conn().execute(sql, args).fetchall()
+
+    def state_counts(self) -> dict[str, int]:
+        """Bundles by state as the journal rows say (``/healthz`` and the Prometheus gauge)."""
+        return {r["state"]: r["n"] for r in self.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state")}
 
     def close(self) -> None:
         c = getattr(self._local, "conn", None)
@@ -573,7 +577,7 @@ class Journal:
                     n = idx["parts"]["count"]
                     have = sorted(self.parts_done(b.id))
                     extra["parts"] = {"of": n, "received": have,
-                                      "missing": [k for k in range(1, n + 1) if k not in have]}
+                                      "missing": missing_parts(n, have)}
                 for kind, items in (idx.get("components") or {}).items():
                     for item in items:
                         comps.append({"kind": kind[:-1], "ref": item["ref"], "digest": item["digest"],
@@ -602,3 +606,9 @@ def _unowned(b: BundleRow, steps: list[dict[str, Any]], note: dict[str, Any] | N
     return (INTERRUPTED, "interrupted",
             f"{b.detail or 'a step'} was running when the agent stopped or could not write its journal (no reason "
             "recorded: see the agent log); it resumes on the next run")
+
+
+def missing_parts(count: int, have: Iterable[int]) -> list[int]:
+    """Part numbers 1..count not in ``have`` (what a split bundle still waits for)."""
+    got = set(have)
+    return [k for k in range(1, count + 1) if k not in got]

@@ -1,14 +1,13 @@
 """Prometheus metrics (``/metrics``) and ``/healthz`` on ``metrics.listen``.
 
-Counters are updated by the pipeline and the servers; bundle-state gauges and store size are read from the
-journal and the store at scrape time.
+Counters are updated by the pipeline and the servers; bundle-state gauges and published bytes are read from the
+journal at scrape time.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -19,14 +18,13 @@ from .journal import Database
 
 
 class _StateCollector:
-    def __init__(self, db: Database, store_dir: Any):
+    def __init__(self, db: Database):
         self.db = db
-        self.store_dir = store_dir
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("hydra_agent_bundles", "Bundles known to the agent, by state", labels=["state"])
-        for r in self.db.query("SELECT state, COUNT(*) AS n FROM bundles GROUP BY state"):
-            g.add_metric([r["state"]], r["n"])
+        for state, n in self.db.state_counts().items():
+            g.add_metric([state], n)
         yield g
         s = GaugeMetricFamily("hydra_agent_published_blob_bytes", "Bytes of published blobs in the store")
         row = self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM blobs")
@@ -45,8 +43,8 @@ class Metrics:
                                 registry=self.registry)
         self.sent = Counter("hydra_agent_http_sent_bytes", "Body bytes sent", ["server"], registry=self.registry)
 
-    def attach(self, db: Database, store_dir: Any) -> None:
-        self.registry.register(_StateCollector(db, store_dir))  # type: ignore[arg-type]
+    def attach(self, db: Database) -> None:
+        self.registry.register(_StateCollector(db))  # type: ignore[arg-type]
 
     def observe(self, server: str, method: str, status: int, sent: int) -> None:
         self.requests.labels(server, method, str(status)).inc()

@@ -30,7 +30,18 @@ from ..digest import sha256_bytes
 from ..errors import VerifyError
 from .config import AgentConfig
 from .ingest import assemble_ready, ingest_part
-from .journal import COMPLETE, DONE, QUARANTINED, SKIPPED, WAITING, Database, Journal, PipelineLock, disk_full
+from .journal import (
+    COMPLETE,
+    DONE,
+    QUARANTINED,
+    SKIPPED,
+    WAITING,
+    Database,
+    Journal,
+    PipelineLock,
+    disk_full,
+    missing_parts,
+)
 from .published import Published
 from .quarantine import quarantine
 from .steps import Interrupted, StepContext, failure_message, plan, run_steps
@@ -164,7 +175,7 @@ class Pipeline:
         except VerifyError as e:
             return self._refuse_unverified(path, st, e)
         with ob:
-            bid = sha256_bytes(ob.index_bytes)
+            bid = ob.digest
             self.lock.owner(bid)
             idx = ob.index
             row = self.journal.bundle(bid)
@@ -213,7 +224,7 @@ class Pipeline:
             assemble_ready(self.store, idx, set(done), self.progress)
         except VerifyError as e:
             return self._refuse_part(path, st, ob, bid, e)
-        missing = [k for k in range(1, idx.parts.count + 1) if k not in done]
+        missing = missing_parts(idx.parts.count, done)
         if missing:
             detail = f"waiting for parts {', '.join(map(str, missing))} of {idx.parts.count}"
             self.journal.set_state(bid, WAITING, "parts-missing", detail)
@@ -234,19 +245,13 @@ class Pipeline:
     def _refuse_part(self, path: Path, st: os.stat_result, ob: OpenBundle, bid: str, e: VerifyError) -> Result:
         idx = ob.index
         assert idx.parts is not None
-        if e.reason in _MAYBE_UNSETTLED:
-            try:
-                changed = _sig(path.stat()) != _sig(st)
-            except FileNotFoundError:
-                changed = True
-            if changed:
-                return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
+        if e.reason in _MAYBE_UNSETTLED and _changed(path, st):
+            return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
         info = {"digest": bid, "name": idx.name, "version": idx.version, "sequence": idx.sequence,
                 "signatureVerified": True, "part": ob.part, "of": idx.parts.count}
         reason_file = quarantine(self.config.quarantine_dir, path, self.in_drop_dir(path), e.reason, e.detail, info)
         self.journal.forget_drop(str(path))
-        done = self.journal.parts_done(bid)
-        missing = [k for k in range(1, idx.parts.count + 1) if k not in done]
+        missing = missing_parts(idx.parts.count, self.journal.parts_done(bid))
         detail = (f"part {ob.part} quarantined ({e.reason}: {e.detail}); waiting for parts "
                   f"{', '.join(map(str, missing))} of {idx.parts.count}")
         self.journal.set_state(bid, WAITING, "parts-missing", detail)
@@ -280,15 +285,11 @@ class Pipeline:
         try:
             out = run_steps(ctx, plan(idx, self.config))
         except VerifyError as e:
-            if path is not None and st is not None and e.reason in _MAYBE_UNSETTLED:
-                try:
-                    changed = _sig(path.stat()) != _sig(st)
-                except FileNotFoundError:
-                    changed = True
-                if changed:  # still being written: not the bundle's fault, try again once it settles
-                    self.journal.set_state(bid, "received", "unsettled", "file changed while it was read")
-                    self.journal.replan(bid, [d.name for d in plan(idx, self.config)])
-                    return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
+            if path is not None and st is not None and e.reason in _MAYBE_UNSETTLED and _changed(path, st):
+                # still being written: not the bundle's fault, try again once it settles
+                self.journal.set_state(bid, "received", "unsettled", "file changed while it was read")
+                self.journal.replan(bid, [d.name for d in plan(idx, self.config)])
+                return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
             return self._refuse(path, st, ob, bid, e, ctx.scratch.get("added", []))
         try:
             if out.state == COMPLETE and path is not None and st is not None:
@@ -328,8 +329,11 @@ class Pipeline:
         if added:
             keep = self.published.referenced_blobs()
             self.store.remove([d for d in added if d not in keep])
-        row = self.journal.bundle(bid)
-        idx = ob.index if ob is not None else (row.index() if row and row.index_json else None)
+        if ob is not None:
+            idx = ob.index
+        else:
+            row = self.journal.bundle(bid)
+            idx = row.index() if row and row.index_json else None
         return self._quarantine(path, bid, idx.name if idx else None, idx.version if idx else None,
                                 idx.sequence if idx else None, True, e, ob.index_bytes if ob else None)
 
@@ -346,3 +350,11 @@ class Pipeline:
                                                         "detail": e.detail, "file": str(path),
                                                         "reason_file": str(reason_file)}})
         return Result(QUARANTINED, bid, name, version, e.reason, e.detail)
+
+
+def _changed(path: Path, st: os.stat_result) -> bool:
+    """Has the file changed (or gone) since ``st`` was taken? (Then a read error may just mean "still copying".)"""
+    try:
+        return _sig(path.stat()) != _sig(st)
+    except FileNotFoundError:
+        return True

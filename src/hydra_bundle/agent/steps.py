@@ -113,19 +113,10 @@ Planner = Callable[["BundleIndex", "AgentConfig"], list[StepDef]]
 
 
 def _planners() -> list[Planner]:
-    """The pipeline, in order: ingest, publish, push, apply (``agent.deploy``), then registered extras."""
+    """The pipeline, in order: ingest, publish, push, apply (``agent.deploy``)."""
     from . import deploy, ingest, publish, push
 
-    return [ingest.plan, publish.plan, push.plan, deploy.plan, *PLANNERS]
-
-
-PLANNERS: list[Planner] = []
-"""Extra planners appended after the built-in ones (``register``); used by later phases and tests."""
-
-
-def register(planner: Planner) -> None:
-    if planner not in PLANNERS:
-        PLANNERS.append(planner)
+    return [ingest.plan, publish.plan, push.plan, deploy.plan]
 
 
 def plan(index: BundleIndex, config: AgentConfig) -> list[StepDef]:

@@ -171,12 +171,6 @@ class Store(BlobDir):
         os.replace(src, self.path(blob))
         fsync_dir(self.blobs)
 
-    def assembling_size(self, blob: str) -> int:
-        try:
-            return (self.assembling / hex_of(blob)).stat().st_size
-        except FileNotFoundError:
-            return 0
-
     def sync(self) -> None:
         """Make the renames of a batch of blobs durable."""
         fsync_dir(self.blobs)

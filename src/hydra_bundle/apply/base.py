@@ -59,14 +59,6 @@ class Action:
     def json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
-    def text(self) -> str:
-        s = f"{self.op:<11} {self.target}"
-        if self.detail:
-            s += f"  ({self.detail})"
-        if self.when:
-            s += f"  [only if {self.when}]"
-        return s
-
 
 @dataclass
 class StepResult:

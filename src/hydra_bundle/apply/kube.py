@@ -3,7 +3,7 @@
 - Every object is applied with server-side apply, field manager ``hydra-bundle``, ``force=true``, labelled
   ``app.kubernetes.io/managed-by=hydra-bundle`` and ``hydra-bundle.io/bundle=<name>``, annotated with the
   bundle version and digest.
-- Order: CRDs → wait Established → Namespaces → the rest (see :data:`KIND_ORDER`; unknown kinds, i.e. custom
+- Order: CRDs → wait Established → Namespaces → the rest (see :data:`.objects.KIND_ORDER`; unknown kinds, i.e. custom
   resources, last).
 - Old API servers (< 1.25) answer server-side apply of a CRD with CEL ``x-kubernetes-validations`` with HTTP
   500 "field not declared in schema". We then strip the fields the server named (and every
@@ -39,22 +39,17 @@ from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from .base import ApplyError, Deadline, TransientError, brief, poll_delays
 from .deploy_spec import SIMULATED_GPU_LABEL
-from .objects import (  # noqa: F401 - re-exported: the client's vocabulary
+from .objects import (
     BUNDLE_LABEL,
     CRD_KIND,
-    DIGEST_ANNOTATION,
     FIELD_MANAGER,
     GPU_RESOURCE,
-    KIND_ORDER,
     MANAGED_BY,
     MANAGED_BY_LABEL,
-    VERSION_ANNOTATION,
     ObjKey,
     bundle_selector,
     key_of,
     kind_rank,
-    mark_ours,
-    sort_for_apply,
 )
 from .rewrite import CONTAINER_LISTS, api_group, pod_spec
 
@@ -175,7 +170,6 @@ class ApplyOutcome:
     key: ObjKey
     op: str                      # created | configured | unchanged
     notes: list[str] = field(default_factory=list)
-    object: dict[str, Any] = field(default_factory=dict)
 
 
 class Kube:
@@ -326,7 +320,7 @@ class Kube:
             op = "unchanged"  # (old servers may still bump resourceVersion when they rewrite managedFields)
         else:
             op = "configured"
-        return ApplyOutcome(key, op, notes, after)
+        return ApplyOutcome(key, op, notes)
 
     def _ssa(self, res: Any, obj: dict[str, Any]) -> dict[str, Any]:
         md = obj["metadata"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..bundle.index import BundleIndex
 from ..errors import SpecError
-from .base import Action, ApplyError, BundleInfo, Step
+from .base import WHEN_TEXT, ApplyError, BundleInfo, Step
 from .deploy_spec import DeploySpec, SiteConfig, SqlSeed, TlsSecret
 from .helm import HelmRelease, chart_values
 from .objects import MANAGED_BY, MANAGED_BY_LABEL, ObjKey, mark_ours
@@ -42,9 +42,6 @@ class ApplyPlan:
     bundle: BundleInfo
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
-
-    def actions(self) -> list[Action]:
-        return [a for s in self.steps for a in s.plan()]
 
     def json(self) -> dict[str, Any]:
         return {"bundle": {"name": self.bundle.name, "version": self.bundle.version, "digest": self.bundle.digest},
@@ -78,8 +75,6 @@ def _first_error(e: ValueError) -> str:
 
 
 def _when(s: Step) -> str | None:
-    from .base import WHEN_TEXT
-
     return WHEN_TEXT.get(s.when)
 
 
@@ -164,7 +159,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                     notes.append(f"{p.where}: {p.key} said app.kubernetes.io/managed-by={p.replaced_manager}; "
                                  f"it is managed by hydra-bundle now")
             step: Step = ManifestsStep(name, objs, wait=st.wait, **common)
-            keep += [(p.key, p.obj["apiVersion"]) for p in objs]
+            keep += step.desired()
         elif st.label_nodes is not None:
             step = LabelNodesStep(name, st.label_nodes.labels, st.label_nodes.nodes,
                                   site_nodes=site.simulated_gpu_nodes, **common)

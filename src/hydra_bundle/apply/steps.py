@@ -206,7 +206,6 @@ class LabelNodesStep(KubeStep):
 
 def pull_secret_object(name: str, namespace: str, registry_host: str) -> dict[str, Any]:
     """A docker-registry Secret for the site registry (anonymous pulls: no credentials in it)."""
-    import base64
     import json
 
     cfg = json.dumps({"auths": {registry_host: {}}}, separators=(",", ":")).encode()

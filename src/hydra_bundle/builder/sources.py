@@ -52,47 +52,11 @@ def platform_matches(have: str, want: str) -> bool:
 RESUME_ATTEMPTS = 5
 
 
-class _Meter:
-    """Progress for one blob across resumed attempts: counts each byte of the blob once (totals never jump)."""
-
-    def __init__(self, progress: Progress):
-        self.progress, self.high, self.pos = progress, 0, 0
-
-    def __call__(self, n: int) -> None:
-        self.pos += n
-        if self.pos > self.high:
-            self.progress(self.pos - self.high)
-            self.high = self.pos
-
-
-def _resuming(ctx: Context, what: str, partial: Path, progress: Progress,
-              once: Callable[[Progress], tuple[str, int]]) -> tuple[str, int]:
-    """Run a download; when it is cut off after making progress, resume it (Range) up to RESUME_ATTEMPTS times."""
-    meter = _Meter(progress)
-    for attempt in range(1, RESUME_ATTEMPTS + 1):
-        before = partial.stat().st_size if partial.exists() else 0
-        meter.pos = 0
-        try:
-            return once(meter)
-        except DigestMismatch:
-            raise
-        except SourceError:
-            have = partial.stat().st_size if partial.exists() else 0
-            if attempt == RESUME_ATTEMPTS or have <= before:
-                raise
-            ctx.log(f"warning: {what}: interrupted after {have} bytes; resuming")
-    raise AssertionError("unreachable")
-
-
 def _registry_task(ctx: Context, ref: Reference, digest: str, size: int, media_type: str) -> BlobTask:
     def fetch(progress: Progress) -> tuple[str, int]:
-        dest = ctx.cache.path(digest)
-
-        def once(p: Progress) -> tuple[str, int]:
-            ctx.client.fetch_blob(ref.registry, ref.repository, digest, size, dest, p)
-            return digest, size
-
-        return _resuming(ctx, f"{ref.name}@{digest}", dest.with_name(dest.name + ".partial"), progress, once)
+        ctx.client.fetch_blob(ref.registry, ref.repository, digest, size, ctx.cache.path(digest), progress,
+                              RESUME_ATTEMPTS, ctx.log)
+        return digest, size
 
     def fetch_into(fd: int, offset: int, progress: Progress, stop: threading.Event) -> tuple[str, int]:
         return download_into(ctx.client.blob_opener(ref.registry, ref.repository, digest), f"{ref.name}@{digest}",
@@ -127,8 +91,7 @@ def _http_task(ctx: Context, url: str, sha256: str | None, size: int | None, med
         if digest is None:
             # unpinned: a partial left by an earlier run may be of different content; resume only within this run
             partial.unlink(missing_ok=True)
-        got, n = _resuming(ctx, url, partial, progress,
-                           lambda p: download(open_response, url, partial, size, digest, p, fail))
+        got, n = download(open_response, url, partial, size, digest, progress, fail, RESUME_ATTEMPTS, ctx.log)
         ctx.cache.adopt(partial, got)
         return got, n
 

@@ -4,6 +4,7 @@ member is checked against the signed index while it streams (name, size, digest,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ class OpenBundle:
     _pending: Entry | None = None  # first layout member of an unsigned bundle, already read from the tar
     part: int | None = None        # split bundles: which part (1-based) this file is
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """The bundle digest: sha256 of the signed index bytes (the same for every part of a set)."""
         return sha256_bytes(self.index_bytes)

@@ -17,8 +17,6 @@ from ..digest import human_bytes
 from .agent_common import config_option, open_journal
 from .common import emit_json, handle_errors
 
-_journal = open_journal
-
 
 @click.group("agent")
 def agent_group() -> None:
@@ -71,7 +69,7 @@ def status_cmd(config_path: Path | None, as_json: bool, verbose: bool) -> None:
     """What is on this site: bundles with version, sequence, digest, state, steps (with what the apply steps
     changed, their notes and outputs, e.g. the /etc/hosts line for the gateway) and components."""
     cfg = load_config(config_path)
-    _, j = _journal(cfg)
+    _, j = open_journal(cfg)
     bundles = j.status()
     if as_json:
         emit_json({"bundles": bundles})
@@ -116,7 +114,7 @@ def _result_lines(res: dict[str, Any], verbose: bool) -> list[str]:
 def history_cmd(config_path: Path | None, limit: int, as_json: bool) -> None:
     """Recent events: received, steps, quarantined, complete, duplicates."""
     cfg = load_config(config_path)
-    _, j = _journal(cfg)
+    _, j = open_journal(cfg)
     events = j.history(limit)
     if as_json:
         emit_json({"events": events})
@@ -136,7 +134,7 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
     from ..agent.published import Published
 
     cfg = load_config(config_path)
-    db, j = _journal(cfg)
+    db, j = open_journal(cfg)
     blobs = Published(db).inventory()
     data = {
         "format": "hydra-bundle-inventory/v1",

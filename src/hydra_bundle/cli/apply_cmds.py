@@ -16,7 +16,7 @@ from ..agent.config import AgentConfig, load_config
 from ..agent.deploy import NO_SITE, PREFIX
 from ..apply.deploy_spec import SiteConfig
 from ..bundle.index import BundleIndex
-from ..digest import hex_of, sha256_bytes
+from ..digest import blob_path
 from ..errors import UsageError
 from .agent_common import config_option, find_bundle, open_journal
 from .common import emit_json, handle_errors
@@ -32,7 +32,7 @@ def _store_reader(cfg: AgentConfig) -> Callable[[str], bytes | None]:
     """Blobs already in the content store (read-only: a plan never creates state)."""
     def read(digest: str) -> bytes | None:
         try:
-            return (cfg.store_dir / "blobs" / "sha256" / hex_of(digest)).read_bytes()
+            return blob_path(cfg.store_dir, digest).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
     return read
@@ -61,7 +61,7 @@ def _from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str
                 need.discard(m.digest)
                 if not need:
                     break
-        info = {"digest": sha256_bytes(ob.index_bytes), "signer": ob.signer, "file": str(path)}
+        info = {"digest": ob.digest, "signer": ob.signer, "file": str(path)}
 
     def read(digest: str) -> bytes:
         try:

@@ -9,7 +9,6 @@ import click
 
 from ..builder.build import Builder, BuildOptions, lock_path_for
 from ..builder.cache import default_cache_dir
-from ..builder.delta import load_inventory
 from ..bundle.parts import describe, parse_split
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
@@ -95,8 +94,6 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
     opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
                     split=parse_split(split) if split else None, site_inventory=site_inventory, direct=direct,
                     **src)  # type: ignore[arg-type]
-    if site_inventory is not None:
-        load_inventory(site_inventory)  # a bad inventory fails before downloading anything
     rep = reporter(quiet, as_json)
     try:
         res = Builder(s, opts, rep).build(out)

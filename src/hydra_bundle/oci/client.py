@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urljoin
 import httpx
 
 from .. import __version__
-from ..digest import CHUNK, hex_of
+from ..digest import CHUNK
 from ..errors import AuthError, DigestMismatch, NotFound, SourceError, UsageError
 from ..httpio import Body, HttpxBody, download, fast_get, tls_verify
 from . import mediatypes as mt
@@ -268,12 +268,14 @@ class RegistryClient:
         raise self._fail(resp, f"{registry}/{repository}@{digest}")
 
     def fetch_blob(self, registry: str, repository: str, digest: str, size: int | None, dest: Path,
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, attempts: int = 1,
+                   log: Callable[[str], None] | None = None) -> None:
         """Download a blob to ``dest`` via ``dest.partial``: resumed with Range, hashed while written,
         renamed into place only when size and digest match."""
         what = f"{registry}/{repository}@{digest}"
         partial = dest.with_name(dest.name + ".partial")
-        download(self.blob_opener(registry, repository, digest), what, partial, size, digest, progress, self._fail)
+        download(self.blob_opener(registry, repository, digest), what, partial, size, digest, progress, self._fail,
+                 attempts, log)
         os.replace(partial, dest)
 
     def blob_opener(self, registry: str, repository: str, digest: str) -> Callable[[dict[str, str]], Body]:
@@ -381,7 +383,3 @@ def parse_mirrors(values: Iterable[str]) -> dict[str, str]:
         else:
             out[src] = dst.removeprefix("https://").removeprefix("http://").rstrip("/")
     return out
-
-
-def blob_path(root: Path, digest: str) -> Path:
-    return root / "blobs" / "sha256" / hex_of(digest)
