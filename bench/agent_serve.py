@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
 import yaml
 
-from bench.common import gbps, hydra_bundle, machine, python_sha256_rate, run, save
+from bench.common import gbps, hydra_bundle, machine, python_sha256_rate, run, save, wait_healthy
 from tests.support.images import push_random_image
 from tests.support.registry import Registry, free_port
 
@@ -87,16 +86,7 @@ def main() -> None:
         agent = subprocess.Popen([hb, "agent", "run", "--config", str(work / "agent.yaml")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{mport}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit("agent did not start")
-                time.sleep(0.1)
+            wait_healthy(agent, f"http://127.0.0.1:{mport}/healthz")
             times: dict[str, list[float]] = {"agent": [], "docker-registry": []}
             rss: dict[str, float] = {}
             servers = [("agent", f"127.0.0.1:{port}"), ("docker-registry", reg.host)]

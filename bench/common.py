@@ -101,3 +101,21 @@ def save(name: str, data: dict[str, object]) -> Path:
 
 def gbps(nbytes: float, seconds: float) -> float:
     return nbytes / seconds / 1e9
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path | None = None, timeout: float = 60) -> None:
+    """Wait for an agent's ``/healthz``; a process that exits meanwhile fails at once (with its log tail)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+            raise SystemExit(f"agent exited with {proc.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("agent did not become healthy")

@@ -34,6 +34,7 @@ import httpx
 import yaml
 
 from bench.common import hydra_bundle, machine, run, save
+from tests.support.bundles import write_spec
 from tests.support.images import (
     MANIFEST_ACCEPT,
     OCI_MANIFEST,
@@ -106,12 +107,9 @@ def registry_blobs(host: str, refs: list[tuple[str, str]]) -> dict[str, int]:
     return out
 
 
-def write_spec(path: Path, host: str, version: str, seq: int, tags: dict[int, str]) -> Path:
-    spec = {"apiVersion": "hydra-bundle/v1", "kind": "BundleSpec",
-            "metadata": {"name": "delta-bench", "version": version, "sequence": seq},
-            "images": [{"ref": f"{host}/{REPO.format(i)}:{t}"} for i, t in sorted(tags.items())]}
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+def images_spec(path: Path, host: str, version: str, seq: int, tags: dict[int, str]) -> Path:
+    return write_spec(path, name="delta-bench", version=version, sequence=seq,
+                      images=[{"ref": f"{host}/{REPO.format(i)}:{t}"} for i, t in sorted(tags.items())])
 
 
 # -- reading parts back ----------------------------------------------------------------------------------
@@ -203,8 +201,8 @@ def main() -> None:
 
             subprocess.run([hb, "keygen", str(work / "k")], check=True, capture_output=True)
             key = str(work / "k.key")
-            spec1 = write_spec(work / "spec-v1.yaml", host, "1.0.0", 1, tags1)
-            spec2 = write_spec(work / "spec-v2.yaml", host, "2.0.0", 2, tags2)
+            spec1 = images_spec(work / "spec-v1.yaml", host, "1.0.0", 1, tags1)
+            spec2 = images_spec(work / "spec-v2.yaml", host, "2.0.0", 2, tags2)
             common = ["--quiet", "--insecure-registry", host]
             v1 = work / "v1.tar"
             b1 = run([hb, "build", str(spec1), "-o", str(v1), "--key", key, "--cache-dir", str(work / "cache1"),

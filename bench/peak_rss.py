@@ -38,11 +38,10 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx
 import yaml
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from bench.common import Run, gbps, hydra_bundle, machine, run, save
+from bench.common import Run, gbps, hydra_bundle, machine, run, save, wait_healthy
 from tests.support.images import push_random_image
 from tests.support.registry import Registry, free_port
 
@@ -238,20 +237,6 @@ def proc_status(pid: int) -> dict[str, float]:
         if k in ("VmHWM", "VmRSS"):
             out[k] = int(v.split()[0]) / 1024
     return out
-
-
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"agent exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit("agent did not become healthy")
 
 
 def step(r: Run, nbytes: int, **extra: object) -> dict[str, object]:
