@@ -48,7 +48,8 @@ import yaml  # noqa: E402
 import demo.run as demo  # noqa: E402
 from bench.common import machine, save  # noqa: E402
 from demo import internet  # noqa: E402
-from hydra_bundle.agent.journal import Database, Journal  # noqa: E402
+from hydra_bundle.agent.db import Database  # noqa: E402
+from hydra_bundle.agent.journal import Journal  # noqa: E402
 from hydra_bundle.spec import load_spec  # noqa: E402
 
 FINAL = ("complete", "waiting", "quarantined")  # not "failed": the agent retries it after retry_interval

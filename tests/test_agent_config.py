@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,8 +193,8 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                 "ReadWritePaths=/var/lib/hydra-bundle/state /var/lib/hydra-bundle/drop", "NoNewPrivileges=yes",
                 "PrivateTmp=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
         assert key in unit
-    exe = shutil.which("hydra-bundle")
-    assert exe is not None
+    exe = Path(sys.executable).parent / "hydra-bundle"  # this environment's entry point (not necessarily on PATH)
+    assert exe.is_file()
     # verify needs ExecStart to exist: point it at this environment's entry point
     (tmp_path / "hydra-bundle-agent.service").write_text(unit.replace("/usr/local/bin/hydra-bundle",
                                                                       os.path.realpath(exe)))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from hydra_bundle.bundle import INDEX_NAME
-from hydra_bundle.bundle.tario import TarReader
+from hydra_bundle.bundle.tarreader import TarReader
 from tests.support import agent_fixtures
 from tests.support.agent import AgentProc, run_cli, wait_for
 from tests.support.agent_fixtures import Built, Keys, sha256_file, store_files

@@ -1,4 +1,4 @@
-"""The step runner's rules (agent/steps.py) and the apply planner's offline parts (agent/deploy.py), in-process."""
+"""The step runner's rules (agent/runner.py) and the apply planner's offline parts (agent/deploy.py), in-process."""
 
 from __future__ import annotations
 
@@ -12,13 +12,18 @@ import pytest
 
 from hydra_bundle.agent import deploy
 from hydra_bundle.agent.config import AgentConfig
-from hydra_bundle.agent.journal import FALLBACK_BYTES, Database, Journal, PipelineLock
+from hydra_bundle.agent.db import Database
+from hydra_bundle.agent.fallback import FALLBACK_BYTES
+from hydra_bundle.agent.journal import Journal
+from hydra_bundle.agent.lock import PipelineLock
 from hydra_bundle.agent.published import Published
-from hydra_bundle.agent.steps import Interrupted, SkipStep, StepContext, StepDef, StepPending, run_steps
+from hydra_bundle.agent.runner import SkipStep, StepContext, StepDef, StepPending, run_steps
+from hydra_bundle.agent.schema import open_database
+from hydra_bundle.agent.status import bundle_status
 from hydra_bundle.agent.store import Store
-from hydra_bundle.apply.base import ProgressEvent, StepResult
+from hydra_bundle.apply.step import ProgressEvent, StepResult
 from hydra_bundle.bundle.sign import keygen
-from hydra_bundle.errors import HydraError
+from hydra_bundle.errors import Cancelled, HydraError
 from tests.support.applyindex import synthetic_index
 
 DEPLOY = {"steps": [
@@ -32,7 +37,7 @@ DEPLOY = {"steps": [
 def env(tmp_path: Path) -> dict[str, Any]:
     pub = keygen(tmp_path / "k")[1]
     cfg = AgentConfig(drop_dir=tmp_path / "drop", state_dir=tmp_path / "state", trusted_keys=[pub])
-    db = Database(cfg.journal_path)
+    db = open_database(cfg.journal_path)
     idx, _ = synthetic_index(tmp_path, {"deploy": DEPLOY}, {"ns": "apiVersion: v1\nkind: Namespace\n"
                                                                   "metadata: {name: x}\n"})
     return {"cfg": cfg, "db": db, "j": Journal(db), "idx": idx}
@@ -110,7 +115,7 @@ def test_interrupted_step_stays_pending_and_resumes(env: dict[str, Any]) -> None
     def slow(ctx: StepContext) -> str:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise Interrupted()
+            raise Cancelled()
         return "finished"
 
     defs = [StepDef("apply:warmup", slow)]
@@ -135,12 +140,12 @@ def test_running_detail_is_replaced_when_the_step_finishes(env: dict[str, Any]) 
 
 
 def test_planner_names_apply_steps_from_the_index_alone(env: dict[str, Any]) -> None:
-    names = [d.name for d in deploy.plan(env["idx"], env["cfg"])]
+    names = [d.name for d in deploy.journal_steps(env["idx"], env["cfg"])]
     assert names == ["apply:manifests-ns", "apply:simulate-gpu", "apply:sql", "apply:prune"]
 
 
 def test_without_site_every_apply_step_is_pending_with_the_reason(env: dict[str, Any]) -> None:
-    defs = deploy.plan(env["idx"], env["cfg"])
+    defs = deploy.journal_steps(env["idx"], env["cfg"])
     _admit(env, defs)
     out = run_steps(_ctx(env), defs)
     assert out.state == "waiting"
@@ -151,7 +156,7 @@ def test_without_site_every_apply_step_is_pending_with_the_reason(env: dict[str,
 
 def test_a_superseded_bundle_skips_its_unfinished_apply_steps(env: dict[str, Any]) -> None:
     old, new = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-    defs = deploy.plan(env["idx"], env["cfg"])
+    defs = deploy.journal_steps(env["idx"], env["cfg"])
     _admit(env, defs, old)
     assert run_steps(_ctx(env, old), defs).state == "waiting"  # no site: pending
     _admit(env, defs, new)                                     # the same name, admitted later
@@ -160,7 +165,7 @@ def test_a_superseded_bundle_skips_its_unfinished_apply_steps(env: dict[str, Any
     assert {s.state for s in steps} == {"skipped"}
     assert steps[0].detail.startswith("superseded by demo 1.0.0 (received later)")
     explicit = _ctx(env, old)
-    explicit.scratch["explicit"] = True                        # `agent apply` on exactly this bundle
+    explicit.explicit = True                        # `agent apply` on exactly this bundle
     env["j"].reset_steps(old, [d.name for d in defs])
     assert run_steps(explicit, defs).state == "waiting"
 
@@ -249,21 +254,21 @@ def test_when_not_even_the_failure_can_be_recorded_status_still_shows_it(env: di
 
     defs = [StepDef("ingest", lambda ctx: "stored"), StepDef("publish", publish)]
     _admit(env, defs)
-    assert env["db"].fallback_path.stat().st_size == FALLBACK_BYTES  # pre-allocated when the journal opened
+    assert env["j"].fallback.path.stat().st_size == FALLBACK_BYTES  # pre-allocated when the journal opened
     assert run_steps(_ctx(env), defs).state == "failed"
     assert j.bundle(bid).state == "running"                          # the journal could not take it
     assert "disk full while publishing" in j.unrecorded[bid]["detail"]
-    st = Journal(Database(env["cfg"].journal_path, readonly=True)).status()[0]  # what `agent status` shows
+    st = bundle_status(Journal(Database(env["cfg"].journal_path, readonly=True)))[0]  # what `agent status` shows
     assert st["state"] == "failed" and st["reason"] == "step-failed", st
     assert st["detail"].startswith("publish: disk full while publishing: [Errno 28] No space left on device")
     assert "journal.fallback" in st["detail"]
     steps = {s["name"]: s for s in st["steps"]}
     assert steps["publish"]["state"] == "failed" and "disk full" in steps["publish"]["detail"]
-    assert env["db"].fallback_path.stat().st_size == FALLBACK_BYTES  # written in place, never grown
+    assert env["j"].fallback.path.stat().st_size == FALLBACK_BYTES  # written in place, never grown
     for name in ("step_finished", "set_state", "step_progress"):
         delattr(j, name)
     assert run_steps(_ctx(env), defs).state == "complete"           # space again: the next run goes on
-    assert j.unrecorded == {} and j.status()[0]["state"] == "complete"
+    assert j.unrecorded == {} and bundle_status(j)[0]["state"] == "complete"
 
 
 def test_status_never_shows_running_for_a_bundle_no_pipeline_runs(env: dict[str, Any]) -> None:
@@ -275,15 +280,15 @@ def test_status_never_shows_running_for_a_bundle_no_pipeline_runs(env: dict[str,
     for bid in (a, b):
         _admit(env, defs, bid)
         j.step_started(bid, "ingest")  # ... and the process died here
-    st = {s["id"]: s for s in j.status()}
+    st = {s["id"]: s for s in bundle_status(j)}
     assert st[a]["state"] == st[b]["state"] == "interrupted"
     assert "no reason recorded: see the agent log" in st[a]["detail"]
     assert st[a]["steps"][0]["state"] == "interrupted"
     lock = PipelineLock(env["cfg"].state_dir)  # another pipeline runs b
     with lock.held():
         lock.owner(b)
-        st = {s["id"]: s for s in j.status()}
+        st = {s["id"]: s for s in bundle_status(j)}
         assert (st[a]["state"], st[b]["state"]) == ("interrupted", "running")
         assert st[b]["steps"][0]["state"] == "running"
-    st = {s["id"]: s for s in j.status()}
+    st = {s["id"]: s for s in bundle_status(j)}
     assert st[b]["state"] == "interrupted"

@@ -18,19 +18,15 @@ from typing import Any
 import pytest
 import yaml
 
-from hydra_bundle.apply.base import (
-    ApplyError,
-    BundleInfo,
-    Cancelled,
-    ProgressEvent,
-    Runtime,
-    StepResult,
-    TransientError,
-)
-from hydra_bundle.apply.deploy_spec import SiteConfig
+from hydra_bundle.apply.applier import Applier
 from hydra_bundle.apply.kube import Kube
-from hydra_bundle.apply.objects import mark_ours
 from hydra_bundle.apply.plan import ApplyPlan, build_plan
+from hydra_bundle.apply.runtime import Runtime
+from hydra_bundle.apply.site import SiteConfig
+from hydra_bundle.apply.step import ProgressEvent, StepResult
+from hydra_bundle.errors import ApplyError, Cancelled, TransientError
+from hydra_bundle.k8s.nodes import gpu_nodes
+from hydra_bundle.k8s.objects import BundleInfo, mark_ours
 from tests.support.applyindex import synthetic_index
 from tests.support.kube import KubeAPIServer
 
@@ -412,9 +408,9 @@ spec: {{addresses: ["10.0.0.0/30"]}}
     p1 = plan_for(tmp_path, site, {"m": v1}, [{"manifests": ["m"]}], name=bundle, version="1.0.0")
     assert run_all(p1, site)["manifests-m"].summary == "5 objects: 5 created"
     # not ours: unlabelled, and labelled for another bundle
-    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b-foreign", "namespace": ns}})
+    Applier(kube).apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b-foreign", "namespace": ns}})
     theirs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": f"{ns}-extra"}}
-    kube.apply(mark_ours(theirs, BundleInfo("another-bundle", "9")))
+    Applier(kube).apply(mark_ours(theirs, BundleInfo("another-bundle", "9")))
 
     v2 = v1.split("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b")[0]
     v2 = v2.replace("data: {k: v1}", "data: {k: v2}")
@@ -487,13 +483,13 @@ def test_node_labels_only_without_gpus_and_simulated_gpus_do_not_count(kube_apis
 
         # a node with a real GPU: the no-GPU steps are skipped, saying why
         create(_node("gpu-1", gpu=8))
-        assert kube.gpu_nodes() == ["gpu-1"]
+        assert gpu_nodes(kube.nodes()) == ["gpu-1"]
         skipped = run_all(plan, site)["simulate-gpu"]
         assert skipped.state == "skipped"
         assert skipped.summary == "skipped: the cluster has GPUs (gpu-1 advertises nvidia.com/gpu)"
         # fake-gpu-operator's nodes advertise nvidia.com/gpu too, but carry the simulated pool label
-        kube.label_nodes(["gpu-1"], {"run.ai/simulated-gpu-node-pool": "default"}, lambda *a: None)
-        assert kube.gpu_nodes() == []
+        kube.merge_patch_labels("v1", "Node", "gpu-1", {"run.ai/simulated-gpu-node-pool": "default"})
+        assert gpu_nodes(kube.nodes()) == []
         assert run_all(plan, site)["simulate-gpu"].state == "done"
     finally:
         for n in created:
@@ -654,9 +650,8 @@ def test_crd_create_replace_fallback_keeps_our_labels(kube_apiserver: Any, kube:
     crd["spec"]["names"].update(plural="fallbacks", singular="fallback", kind="Fallback", listKind="FallbackList")
     crd["spec"]["names"].pop("shortNames", None)
     crd.pop("status", None)
-    res = kube.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
-    created = kube._create_or_replace(res, mark_ours(crd, BundleInfo("fallback", "1")))
-    replaced = kube._create_or_replace(res, mark_ours(crd, BundleInfo("fallback", "2")))
+    created = kube.create_or_replace(mark_ours(crd, BundleInfo("fallback", "1")))
+    replaced = kube.create_or_replace(mark_ours(crd, BundleInfo("fallback", "2")))
     assert created["metadata"]["labels"]["hydra-bundle.io/bundle"] == "fallback"
     assert replaced["metadata"]["annotations"]["hydra-bundle.io/version"] == "2"
     assert any(m["manager"] == "hydra-bundle" for m in replaced["metadata"]["managedFields"])

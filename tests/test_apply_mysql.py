@@ -11,9 +11,13 @@ from typing import Any
 
 import pytest
 
-from hydra_bundle.apply.base import ApplyError, BundleInfo, ProgressEvent, Runtime, TransientError
-from hydra_bundle.apply.deploy_spec import SiteConfig, SqlSeed
+from hydra_bundle.apply.runtime import Runtime
+from hydra_bundle.apply.site import SiteConfig
+from hydra_bundle.apply.step import ProgressEvent
 from hydra_bundle.apply.steps import SqlStep
+from hydra_bundle.errors import ApplyError, TransientError
+from hydra_bundle.k8s.objects import BundleInfo
+from hydra_bundle.spec.deploy import SqlSeed
 
 pytestmark = pytest.mark.slow
 

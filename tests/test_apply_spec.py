@@ -15,24 +15,20 @@ from typing import Any
 import pytest
 import yaml
 
-from hydra_bundle.apply.base import BundleInfo, ProgressEvent, Runtime
-from hydra_bundle.apply.deploy_spec import DeploySpec, SiteConfig, parse_duration
 from hydra_bundle.apply.helm import HelmRelease, chart_values
+from hydra_bundle.apply.mirrors import crio_registries_conf, mirror_config, upstream_registries
 from hydra_bundle.apply.plan import build_plan, step_names
-from hydra_bundle.apply.rewrite import (
-    chart_site_repository,
-    crio_registries_conf,
-    mirror_config,
-    rewrite_image,
-    rewrite_workload_images,
-    upstream_registries,
-    workload_images,
-)
+from hydra_bundle.apply.rewrite import chart_site_repository, rewrite_image, rewrite_workload_images
+from hydra_bundle.apply.runtime import Runtime
+from hydra_bundle.apply.site import SiteConfig
+from hydra_bundle.apply.step import ProgressEvent
 from hydra_bundle.apply.steps import ChartStep, ManifestsStep, PruneStep, SqlStep
-from hydra_bundle.apply.subst import SubstError, parse_manifests, substitute, substitute_data
-from hydra_bundle.errors import SpecError
+from hydra_bundle.errors import SpecError, SubstError
+from hydra_bundle.k8s.manifests import parse_manifests, substitute, substitute_data
+from hydra_bundle.k8s.objects import BundleInfo, workload_images
 from hydra_bundle.spec import load_spec
-from hydra_bundle.spec.load import load_yaml_model
+from hydra_bundle.spec.deploy import DeploySpec, parse_duration
+from hydra_bundle.spec.yamlmodel import load_yaml_model
 from tests.support.applyindex import synthetic_index
 
 SITE = "10.0.0.5:5000"
@@ -138,7 +134,7 @@ def test_duplicate_step_names_and_second_sql_step_are_errors(tmp_path: Path) -> 
 
 
 def test_sql_seed_rows_are_checked() -> None:
-    from hydra_bundle.apply.deploy_spec import SeedTable
+    from hydra_bundle.spec.deploy import SeedTable
 
     with pytest.raises(ValueError, match="lacks key column"):
         SeedTable.model_validate({"table": "vendor", "key": ["name"], "rows": [{"other": 1}]})
@@ -323,7 +319,7 @@ def test_mirror_config_is_valid_toml_per_upstream() -> None:
 
 
 def test_site_mirror_files_for_a_bundle() -> None:
-    from hydra_bundle.apply.rewrite import CRIO_FILE, site_mirror_files
+    from hydra_bundle.apply.mirrors import CRIO_FILE, site_mirror_files
 
     files = site_mirror_files(["release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu", "ubuntu:22.04",
                                f"{SITE}/already/here:1"], SITE)
@@ -469,7 +465,7 @@ def test_chart_with_a_fake_helm_installs_once_then_is_unchanged(tmp_path: Path) 
     os.environ["FAKE_HELM_FAIL"] = "1"
     try:
         (bindir / "state.json").unlink()
-        from hydra_bundle.apply.base import ApplyError
+        from hydra_bundle.errors import ApplyError
 
         with pytest.raises(ApplyError, match="failed \\(exit 1\\): Error: INSTALLATION FAILED: simulated"):
             step.run(rt)

@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hydra_bundle.apply.base import ApplyError
-from hydra_bundle.apply.deploy_spec import SiteConfig
 from hydra_bundle.apply.plan import build_plan, step_names
+from hydra_bundle.apply.site import SiteConfig
 from hydra_bundle.apply.steps import TlsStep
 from hydra_bundle.apply.tls import LEAF_DAYS, SiteCA, cert_hosts, covers, from_files
 from hydra_bundle.bundle.sign import keygen
-from hydra_bundle.errors import SpecError
+from hydra_bundle.errors import ApplyError, SpecError
 from tests.support.agent import run_cli
 from tests.support.applyindex import synthetic_index
 

@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import pytest
 
-from hydra_bundle.httpio import BodyError, FastBody, fast_get
+from hydra_bundle.errors import BodyInterrupted
+from hydra_bundle.httpio import FastBody, fast_get
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 
@@ -92,5 +93,5 @@ def test_a_cut_body_is_an_error_not_a_short_file(servers: tuple[str, str], monke
     a, _ = servers
     body = fast_get(f"{a}/cut", {})
     assert body is not None
-    with pytest.raises(BodyError, match="after 1000 of 1048576 bytes"):
+    with pytest.raises(BodyInterrupted, match="after 1000 of 1048576 bytes"):
         _read(body)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hydra_bundle.bundle import PART_NAME
-from hydra_bundle.bundle.tario import TarReader
+from hydra_bundle.bundle.tarreader import TarReader
 from tests.support.agent import AgentProc, wait_for
 from tests.support.bundles import keypair, read_index, run_cli, sha256_hex, tar_members, write_spec
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hydra_bundle.cli.options import parse_insecure, parse_mirrors
 from hydra_bundle.errors import AuthError, DigestMismatch, NotFound, SourceError, UsageError
 from hydra_bundle.oci.auth import CredentialStore, parse_challenge
-from hydra_bundle.oci.client import RegistryClient, parse_insecure, parse_mirrors
+from hydra_bundle.oci.client import RegistryClient
 from hydra_bundle.oci.reference import Reference
 from tests.support.bundles import digest_of
 from tests.support.images import OCI_MANIFEST, make_image, push_image

@@ -23,15 +23,13 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from . import __version__
-from .digest import CHUNK, WRITEBACK_STEP, start_writeback
-from .errors import DigestMismatch, SourceError
+from .digest import CHUNK
+from .disk import WRITEBACK_STEP, start_writeback
+from .errors import BodyInterrupted, Cancelled, DigestMismatch, SourceError
+from .retry import delay
 
 Progress = Callable[[int], None]
 FAST_BUFFER = 1 << 20
-
-
-class BodyError(Exception):
-    """The connection broke while a body was being read (resumable with Range)."""
 
 
 class Body:
@@ -57,7 +55,7 @@ class HttpxBody(Body):
         try:
             yield from self.response.iter_raw()  # httpcore-sized chunks: no re-chunking copies
         except httpx.HTTPError as e:
-            raise BodyError(str(e)) from None
+            raise BodyInterrupted(str(e)) from None
 
     def close(self) -> None:
         assert self.response is not None
@@ -77,9 +75,9 @@ class FastBody(Body):
                 got += n
                 yield view[:n]
         except (OSError, http.client.HTTPException) as e:
-            raise BodyError(str(e) or type(e).__name__) from None
+            raise BodyInterrupted(str(e) or type(e).__name__) from None
         if expected is not None and got < expected:  # readinto reports a cut-off body as a short read
-            raise BodyError(f"connection closed after {got} of {expected} bytes")
+            raise BodyInterrupted(f"connection closed after {got} of {expected} bytes")
 
     def close(self) -> None:
         self.conn.close()
@@ -95,7 +93,8 @@ def _ssl_context(verify: bool | str) -> ssl.SSLContext:
     with _SSL_LOCK:
         if key not in _SSL:
             if isinstance(verify, str):  # a CA bundle file or directory (--tls-ca)
-                _SSL[key] = ssl.create_default_context(**{"cafile" if os.path.isfile(verify) else "capath": verify})
+                _SSL[key] = (ssl.create_default_context(cafile=verify) if os.path.isfile(verify)
+                             else ssl.create_default_context(capath=verify))
             else:
                 _SSL[key] = httpx.create_ssl_context(verify=verify)
         return _SSL[key]
@@ -177,9 +176,8 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
         if size is not None and have == size and size > 0:
             break
         before = have
-        resp: Body | None = open_response({"Range": f"bytes={have}-"} if have else {})
+        resp = open_response({"Range": f"bytes={have}-"} if have else {})
         try:
-            assert resp is not None
             if resp.status_code == 200 and have:
                 h, have = hashlib.sha256(), 0  # server ignored Range: start over
             elif resp.status_code == 416 and have:
@@ -197,7 +195,7 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
                         raise SourceError(f"{what}: more data than the declared {size} bytes")
                     advance()
                 out.flush()  # no fsync: the cache is a cache (see builder/cache.py)
-        except BodyError as e:
+        except BodyInterrupted as e:
             if attempt == attempts or have <= before:
                 raise SourceError(f"{what}: download interrupted after {have} bytes ({e}); run again to resume"
                                   ) from None
@@ -215,12 +213,6 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
         partial.unlink(missing_ok=True)
         raise DigestMismatch(what, digest, got)
     return got, have
-
-
-
-
-class Cancelled(Exception):
-    """A sibling download failed; this one stopped early (the caller reports the first failure)."""
 
 
 def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd: int, offset: int,
@@ -267,7 +259,7 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
                     if have - kicked >= WRITEBACK_STEP:
                         start_writeback(fd, offset + kicked, have - kicked)
                         kicked = have
-            except BodyError as e:
+            except BodyInterrupted as e:
                 if log:
                     log(f"warning: {what}: interrupted after {have} bytes ({e}); resuming")
             finally:
@@ -277,7 +269,7 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
         stalled = stalled + 1 if have == before else 0
         if stalled >= attempts:
             raise SourceError(f"{what}: got {have} of {size} bytes after {attempts} attempts without progress")
-        if stalled and (stop or threading.Event()).wait(min(0.2 * 2 ** stalled, 5.0)):  # back off, stay cancellable
+        if stalled and (stop or threading.Event()).wait(delay(stalled)):  # back off, stay cancellable
             raise Cancelled(what)
     got = "sha256:" + h.hexdigest()
     if got != digest:

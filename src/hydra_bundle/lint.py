@@ -21,37 +21,15 @@ from typing import Any
 
 import yaml
 
-from .apply.rewrite import api_group, workload_images
-from .apply.subst import SubstError, parse_manifests
 from .digest import hex_of, sha256_file
 from .errors import SpecError, UsageError
+from .k8s.kinds import BUILTIN
+from .k8s.manifests import parse_manifests, site_variables
+from .k8s.objects import api_group, workload_images
 from .oci.reference import Reference
 from .spec import load_spec
 from .spec.model import BundleSpec
 
-# Built-in API groups and kinds a manifest may use without shipping a CRD.
-BUILTIN_KINDS: dict[str, set[str]] = {
-    "": {"Namespace", "Service", "ServiceAccount", "ConfigMap", "Secret", "Pod", "PersistentVolume",
-         "PersistentVolumeClaim", "Endpoints", "LimitRange", "ResourceQuota", "Node", "ReplicationController",
-         "List"},
-    "apps": {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ControllerRevision"},
-    "batch": {"Job", "CronJob"},
-    "rbac.authorization.k8s.io": {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"},
-    "networking.k8s.io": {"NetworkPolicy", "Ingress", "IngressClass"},
-    "policy": {"PodDisruptionBudget"},
-    "storage.k8s.io": {"StorageClass", "CSIDriver", "CSINode", "VolumeAttachment"},
-    "apiextensions.k8s.io": {"CustomResourceDefinition"},
-    "admissionregistration.k8s.io": {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
-                                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
-    "scheduling.k8s.io": {"PriorityClass"},
-    "autoscaling": {"HorizontalPodAutoscaler"},
-    "coordination.k8s.io": {"Lease"},
-    "discovery.k8s.io": {"EndpointSlice"},
-    "node.k8s.io": {"RuntimeClass"},
-    "certificates.k8s.io": {"CertificateSigningRequest"},
-    "apiregistration.k8s.io": {"APIService"},
-    "flowcontrol.apiserver.k8s.io": {"FlowSchema", "PriorityLevelConfiguration"},
-}
 _SITE_VAR = re.compile(r"\$\{site\.vars\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _TEMPLATE_IMAGE = re.compile(r"""^\s*-?\s*image:\s*["']?([A-Za-z0-9][^\s"'{}]*:[^\s"'{}]+)["']?\s*$""", re.M)
 _DATASET_CRD = ("dataset.baizeai.io", "Dataset")
@@ -105,12 +83,11 @@ class Content:
 
 
 def _dummy_site_vars(names: set[str]) -> dict[str, Any]:
-    from .apply.deploy_spec import SiteConfig
-
-    site = SiteConfig(cluster_name="lint", domain="lint.example", registry="registry.lint:5000",
-                      file_server="http://files.lint:81", metallb={"addresses": ["192.0.2.0/28"]},
-                      vars={n: "x" for n in names})
-    return site.variables("lint", "0")
+    """Placeholder values for every site variable (lint checks names, not values)."""
+    return site_variables(cluster_name="lint", domain="lint.example", registry="registry.lint:5000",
+                          file_server="http://files.lint:81", storage_class="nfs-csi",
+                          metallb_addresses=["192.0.2.0/28"], extra={n: "x" for n in names},
+                          bundle_name="lint", bundle_version="0")
 
 
 def _norm(ref: str) -> str | None:
@@ -155,7 +132,7 @@ def chart_images(files: dict[str, bytes]) -> tuple[list[str], list[dict[str, Any
                 if repo.startswith("/"):
                     refs.append(f"{ctx.get('baseRepo', '').rstrip('/')}{repo}:{tag}")
                 elif reg or ("/" in repo and "." not in repo.split("/")[0] and global_registry):
-                    refs.append(f"{(reg or global_registry).rstrip('/')}/{repo}:{tag}")
+                    refs.append(f"{str(reg or global_registry).rstrip('/')}/{repo}:{tag}")
                 else:
                     refs.append(f"{repo}:{tag}")
             for v in node.values():
@@ -232,38 +209,35 @@ def lint(spec_path: Path, variables: dict[str, str] | None = None, cache_dir: Pa
 
     # manifests: parse with site variables, collect CRDs and objects
     texts: list[tuple[int, str, str]] = []  # (index, file label, text)
-    for i, m in enumerate(spec.manifests):
-        if m.path:
-            p = spec.local_path(m.path)
+    for i, man in enumerate(spec.manifests):
+        if man.path:
+            p = spec.local_path(man.path)
             try:
-                texts.append((i, str(Path(m.path)), p.read_text(encoding="utf-8")))
+                texts.append((i, str(Path(man.path)), p.read_text(encoding="utf-8")))
             except OSError as e:
                 rep.errors.append(f"{at(('manifests', i, 'path'))}: manifests[{i}]: cannot read {p}: {e.strerror}")
         else:
-            data = content.by_sha(m.sha256)
+            data = content.by_sha(man.sha256)
             if data is None:
-                rep.notes.append(f"manifests[{i}] {m.name}: not checked (not in the build cache or --search dirs)")
+                rep.notes.append(f"manifests[{i}] {man.name}: not checked (not in the build cache or --search dirs)")
             else:
-                texts.append((i, f"{m.name} ({m.filename})", data.decode("utf-8", errors="replace")))
+                texts.append((i, f"{man.name} ({man.filename})", data.decode("utf-8", errors="replace")))
     for _, _, text in texts:
         rep.site_vars |= set(_SITE_VAR.findall(text))
     for c in spec.charts:
         rep.site_vars |= set(_SITE_VAR.findall(yaml.safe_dump(c.values)))
     variables_site = _dummy_site_vars(rep.site_vars)
-    known_kinds = {(g, k) for g, ks in BUILTIN_KINDS.items() for k in ks}
+    known_kinds = set(BUILTIN)
     objects: list[tuple[str, dict[str, Any]]] = []
     for _i, label, text in texts:
         try:
             docs = parse_manifests(text, label, variables_site)
-        except SubstError as e:
-            rep.errors.extend(e.problems)
-            continue
-        except SpecError as e:
+        except SpecError as e:  # SubstError too
             rep.errors.extend(e.problems)
             continue
         for d in docs:
             obj = d.obj
-            if not isinstance(obj, dict) or "kind" not in obj or "apiVersion" not in obj:
+            if "kind" not in obj or "apiVersion" not in obj:
                 rep.errors.append(f"{d.where}: not a Kubernetes object (needs apiVersion and kind)")
                 continue
             objects.append((d.where, obj))

@@ -139,12 +139,12 @@ def install() -> None:
     orig_finished = journal.Journal.step_finished
 
     def step_finished(self: journal.Journal, bundle_id: str, name: str, state: str, *a: Any, **kw: Any) -> None:
-        if name == "ingest" and state == journal.DONE:
+        if name == "ingest" and state == "done":
             hit("ingest-before-done")
         orig_finished(self, bundle_id, name, state, *a, **kw)
-        if name == "ingest" and state == journal.DONE:
+        if name == "ingest" and state == "done":
             hit("between-steps")
-        if name in ("publish", "push") and state == journal.DONE:
+        if name in ("publish", "push") and state == "done":
             hit("before-complete")
 
     journal.Journal.step_finished = step_finished  # type: ignore[method-assign]

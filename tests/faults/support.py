@@ -146,11 +146,13 @@ def journal(state: Path, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any
 
 def journal_status(state: Path) -> list[dict[str, Any]]:
     """What ``agent status --json`` lists, read in-process (a CLI subprocess costs a second)."""
-    from hydra_bundle.agent.journal import Database, Journal
+    from hydra_bundle.agent.db import Database
+    from hydra_bundle.agent.journal import Journal
+    from hydra_bundle.agent.status import bundle_status
 
     db = Database(state / "journal.db", readonly=True)
     try:
-        return Journal(db).status()
+        return bundle_status(Journal(db))
     finally:
         db.close()
 

@@ -27,8 +27,8 @@ from hydra_bundle.bundle.reader import verify_bundle
 from hydra_bundle.bundle.sign import load_private_key, load_public_key, sign, verify
 from hydra_bundle.errors import SpecError, UsageError, VerifyError
 from hydra_bundle.spec import load_spec
-from hydra_bundle.spec.load import fmt_loc
 from hydra_bundle.spec.model import BundleSpec
+from hydra_bundle.spec.yamlmodel import fmt_loc
 from tests.faults.conftest import Bundle, Keys
 from tests.faults.support import TIMEOUT, Tally, journal, store_blobs
 from tests.support.agent import AgentProc, wait_for

@@ -22,10 +22,10 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..apply.deploy_spec import SiteConfig
+from ..apply.site import SiteConfig
 from ..bundle.sign import load_public_key
 from ..errors import SpecError, UsageError
-from ..spec.load import load_yaml_model
+from ..spec.yamlmodel import load_yaml_model
 
 DEFAULT_CONFIG = "/etc/hydra-bundle/agent.yaml"
 CONFIG_ENV = "HYDRA_BUNDLE_AGENT_CONFIG"

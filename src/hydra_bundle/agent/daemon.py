@@ -16,17 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import HydraError
+from ..errors import Cancelled, HydraError
+from ..states import BundleState, Outcome
 from .config import AgentConfig
 from .file_server import FileHandler
 from .httpbase import Server
-from .journal import ACTIVE_STATES, FAILED, RUNNING, WAITING, Database, PipelineLock
+from .lock import PipelineLock
 from .metrics import Metrics, MetricsHandler
 from .notify import Notifier
 from .pipeline import Pipeline, Result
 from .registry_server import RegistryHandler
-from .settle import Settler
-from .steps import Interrupted
+from .schema import open_database
+from .settle import Settler, Verdict
 from .watch import Watcher, scan
 
 log = logging.getLogger("hydra_bundle.agent")
@@ -40,9 +41,9 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.metrics = Metrics()
-        self.db = Database(config.journal_path)
+        self.db = open_database(config.journal_path)
         self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result, self._activity)
-        self.metrics.attach(self.db)
+        self.metrics.attach(self.pipeline.journal, self.pipeline.published)
         self.notifier = notifier or Notifier()
         self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
         self.watcher = Watcher(config.drop_dir, self.settler, self.wake)
@@ -58,7 +59,7 @@ class Agent:
         self.alive = time.monotonic()
         self.metrics.ingested.inc(n)
         if self.stop.is_set():
-            raise Interrupted()
+            raise Cancelled("the agent is stopping")
 
     def _activity(self, text: str) -> None:
         self.activity = text
@@ -68,7 +69,7 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         try:
-            counts = self.db.state_counts()
+            counts = self.pipeline.journal.state_counts()
         except Exception as e:
             return {"ok": False, "error": str(e)}
         out = {"ok": not self.stop.is_set(), "bundles": counts, "busy": self.busy}
@@ -129,7 +130,7 @@ class Agent:
     def run(self) -> int:
         self._single_instance()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_a: (self.stop.set(), self.wake.set()))
+            signal.signal(sig, self._on_signal)
         with self.pipeline.locked():
             n = self.pipeline.journal.recover()
             t = self.pipeline.store.clean_tmp()
@@ -143,7 +144,7 @@ class Agent:
         hb = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         hb.start()
         try:
-            self._resume(ACTIVE_STATES[:2])
+            self._resume((BundleState.RECEIVED, BundleState.RUNNING))
             self._loop()
         finally:
             self.notifier.stopping()
@@ -154,13 +155,17 @@ class Agent:
             self.db.close()
         return 0
 
-    def _resume(self, states: tuple[str, ...], older_than: float | None = None) -> None:
+    def _on_signal(self, *_args: object) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def _resume(self, states: tuple[BundleState, ...], older_than: float | None = None) -> None:
         for row in self.pipeline.journal.bundles(states):
             if self.stop.is_set():
                 return
             if older_than is not None and (row.updated_at or 0) > older_than:
                 continue
-            if row.state == RUNNING and self._run_elsewhere(row.id):
+            if row.state == BundleState.RUNNING and self._run_elsewhere(row.id):
                 continue
             self.busy = f"{row.name} {row.version}"
             try:
@@ -191,7 +196,8 @@ class Agent:
                 if now >= next_scan:
                     next_scan = now + self.config.poll_interval
             if now >= next_retry:  # a `running` row nothing runs: its failure could not be recorded (disk full)
-                self._resume((FAILED, WAITING, RUNNING), older_than=time.time() - self.config.retry_interval)
+                self._resume((BundleState.FAILED, BundleState.WAITING, BundleState.RUNNING),
+                             older_than=time.time() - self.config.retry_interval)
                 next_retry = now + self.config.retry_interval
             waits = [next_scan - time.monotonic(), next_retry - time.monotonic()]
             pending = self.settler.next_check()
@@ -200,9 +206,9 @@ class Agent:
                 waits.append(pending)
             self.wake.wait(max(0.05, min(waits)))
 
-    def _handle(self, path: Path, verdict: str) -> None:
+    def _handle(self, path: Path, verdict: Verdict) -> None:
         self.busy = path.name
-        log.info("bundle file settled" if verdict == "ready" else "bundle file stable but incomplete",
+        log.info("bundle file settled" if verdict == Verdict.READY else "bundle file stable but incomplete",
                  extra={"kv": {"file": str(path)}})
         try:
             res = self.pipeline.process_file(path)
@@ -212,7 +218,7 @@ class Agent:
             return
         finally:
             self.busy = self.activity = None
-        if res.state == "unsettled":
+        if res.state == Outcome.UNSETTLED:
             self.settler.retry(path)
         elif res.reason == "journal-error":  # e.g. the disk is full: try the file again later
             self.settler.retry(path, self.config.retry_interval)

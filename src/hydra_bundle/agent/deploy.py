@@ -9,7 +9,7 @@ of that run (closed when the run ends). Results map onto the journal:
     StepResult done     → step done, detail = summary
     StepResult skipped  → SkipStep (e.g. ``when: no-gpu`` on a cluster with GPUs)
     StepResult pending  → StepPending, detail = summary + the exact command (the runner goes on)
-    Cancelled           → Interrupted (the agent is stopping; the step resumes on the next start)
+    Cancelled           → the run ends (the agent is stopping; the step resumes on the next start)
     ApplyError          → failed (TransientError too: API server or MySQL unreachable; retried later)
 
 Each step's result (changes, notes, outputs such as a LoadBalancer address, the pending command) is kept with
@@ -26,21 +26,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ..apply.base import ApplyError, Cancelled, ProgressEvent, Runtime, Step, StepResult
 from ..apply.plan import ApplyPlan, build_plan, step_names
-from ..errors import HydraError
-from .steps import Interrupted, SkipStep, StepContext, StepDef, StepPending
+from ..apply.runtime import Runtime
+from ..apply.step import ApplyStep, ProgressEvent, StepResult
+from ..bundle.index import BundleIndex
+from ..errors import ApplyError, Cancelled, HydraError
+from ..states import StepState
+from .config import AgentConfig
+from .runner import SkipStep, StepContext, StepDef, StepPending
 
 PREFIX = "apply:"
-NO_SITE = ("no site: section in the agent config (cluster, domain, registry, file server, kubeconfig, mysql): "
-           "add it and restart the agent, or run `hydra-bundle agent apply NAME`")
+NO_SITE_SHORT = "no site: section in the agent config"
+NO_SITE = (f"{NO_SITE_SHORT} (cluster, domain, registry, file server, kubeconfig, mysql): add it and restart the "
+           "agent, or run `hydra-bundle agent apply NAME`")
 KEEPALIVE = 10.0          # seconds between watchdog feeds while a step blocks (helm, slow API calls)
 DETAIL_EVERY = 0.5        # at most two journal writes per second for a running step's progress
 
 
-def plan(index: Any, config: Any) -> list[StepDef]:
+def journal_steps(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
+    """One ``apply:<name>`` step per deploy step of the signed spec (named from the index alone)."""
     try:
         names = step_names(index)
     except ApplyError as e:  # the signed spec's deploy section does not validate (a newer spec format?)
@@ -62,11 +67,11 @@ class Session:
 
     plan: ApplyPlan
     runtime: Runtime
-    steps: dict[str, Step]
+    steps: dict[str, ApplyStep]
 
 
 def session(ctx: StepContext) -> Session:
-    s = ctx.scratch.get("apply")
+    s = ctx.scratch.get(PREFIX)
     if isinstance(s, Session):
         return s
     cfg = ctx.config
@@ -86,7 +91,7 @@ def session(ctx: StepContext) -> Session:
                      "bundle": ctx.index.name, "version": ctx.index.version, "message": msg}}))
     ctx.cleanups.append(rt.close)
     s = Session(ap, rt, {st.name: st for st in ap.steps})
-    ctx.scratch["apply"] = s
+    ctx.scratch[PREFIX] = s
     return s
 
 
@@ -122,7 +127,7 @@ class Monitor:
             self.text = text
         if time.monotonic() - self.last_write >= DETAIL_EVERY:
             self.flush()
-        self.ctx.progress(0)  # feeds the watchdog; raises Interrupted when the agent stops
+        self.ctx.progress(0)  # feeds the watchdog; raises Cancelled when the agent stops
 
     def flush(self) -> None:
         with self.lock:  # held while writing: an older text never lands after a newer one
@@ -143,7 +148,7 @@ class Monitor:
                     fed = now
                     try:
                         self.ctx.progress(0)
-                    except Interrupted:
+                    except Cancelled:
                         pass
         finally:
             self.ctx.journal.db.close()  # this thread's sqlite connection
@@ -160,12 +165,12 @@ def etc_hosts(res: StepResult, domain: str) -> list[str]:
 
 
 def run(ctx: StepContext, name: str) -> str:
-    newer = None if ctx.scratch.get("explicit") else ctx.journal.superseded_by(ctx.bundle_id)
+    newer = None if ctx.explicit else ctx.journal.superseded_by(ctx.bundle_id)
     if newer is not None:  # never re-apply stale content over a newer version of the same bundle
         raise SkipStep(f"superseded by {newer.name} {newer.version} (received later); `hydra-bundle agent apply "
                        f"{newer.name} --version {ctx.index.version}` applies this version explicitly")
     if ctx.config.site is None:
-        ctx.result = {"state": "pending", "summary": NO_SITE}
+        ctx.result = {"state": str(StepState.PENDING), "summary": NO_SITE}
         raise StepPending(NO_SITE)
     s = session(ctx)
     step = s.steps.get(name)
@@ -175,14 +180,12 @@ def run(ctx: StepContext, name: str) -> str:
     try:
         with Monitor(ctx, journal_name, step.timeout + 120) as monitor:
             res = step.run(s.runtime, monitor)
-    except Cancelled:
-        raise Interrupted() from None
-    except (HydraError, Interrupted):
+    except (HydraError, Cancelled):
         raise
     except Exception as e:  # a bug or an unexpected client error: fail the step, keep the agent running
         ctx.log.exception("apply step crashed", extra={"kv": {"bundle": ctx.index.name, "step": journal_name}})
         raise ApplyError(f"{type(e).__name__}: {e}") from None
-    if res.state != "skipped":
+    if res.state != StepState.SKIPPED:
         res.notes += [n for n in step.notes if n not in res.notes]
     hosts = etc_hosts(res, s.runtime.site.domain)
     if hosts:
@@ -190,8 +193,8 @@ def run(ctx: StepContext, name: str) -> str:
         res.notes.append("map the gateway domain on the worker nodes and on computers with a browser "
                          "(runbook): " + "; ".join(f"echo '{h}' | sudo tee -a /etc/hosts" for h in hosts))
     ctx.result = res.json()
-    if res.state == "skipped":
+    if res.state == StepState.SKIPPED:
         raise SkipStep(res.summary)
-    if res.state == "pending":
+    if res.state == StepState.PENDING:
         raise StepPending(f"{res.summary}: {shlex.join(res.command)}" if res.command else res.summary)
     return res.summary

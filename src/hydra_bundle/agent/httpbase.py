@@ -12,11 +12,10 @@ from collections.abc import Callable
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .published import Published
-    from .store import Store
+from .published import Published
+from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -84,7 +83,8 @@ class Handler(BaseHTTPRequestHandler):
 
     @property
     def srv(self) -> Server:
-        return self.server  # type: ignore[return-value]
+        assert isinstance(self.server, Server)
+        return self.server
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(404, b"not found\n")
             return
         with f:
-            start, end = rng if rng else (0, size - 1)
+            start, end = rng if isinstance(rng, tuple) else (0, size - 1)
             length = end - start + 1 if size else 0
             self.send_response(206 if rng else 200)
             self.send_header("Content-Type", content_type)
@@ -151,7 +151,10 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # the request body (if any) is not read
         self.reply(405, b"read-only\n", {"Allow": "GET, HEAD"})
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = lambda self: self.method_not_allowed()
+    def do_POST(self) -> None:
+        self.method_not_allowed()
+
+    do_PUT = do_PATCH = do_DELETE = do_POST
 
 
 class StoreHandler(Handler):
@@ -159,11 +162,15 @@ class StoreHandler(Handler):
 
     @property
     def published(self) -> Published:
-        return self.srv.context["published"]  # type: ignore[no-any-return]
+        p = self.srv.context["published"]
+        assert isinstance(p, Published)
+        return p
 
     @property
     def store(self) -> Store:
-        return self.srv.context["store"]  # type: ignore[no-any-return]
+        s = self.srv.context["store"]
+        assert isinstance(s, Store)
+        return s
 
     def do_GET(self) -> None:
         self._route()

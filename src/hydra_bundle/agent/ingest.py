@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..bundle import LAYOUT_INDEX_NAME, LAYOUT_NAME
 from ..bundle.index import BundleIndex
 from ..bundle.reader import OpenBundle
-from ..digest import human_bytes
+from ..disk import human_bytes
 from ..errors import HydraError, VerifyError
-from .steps import Blocked, StepContext, StepDef
+from .config import Limits
+from .runner import Blocked, StepContext
 from .store import Store
-
-
-def plan(index: object, config: object) -> list[StepDef]:
-    return [StepDef("ingest", run)]
 
 
 class Throttle:
@@ -75,7 +71,7 @@ def _stream(ctx: StepContext, ob: OpenBundle) -> tuple[int, int, int]:
     need = sum(b.size for b in idx.blobs if not b.omitted and not store.has(b.digest, b.size))
     store.ensure_space(need, ctx.config.limits.min_free_bytes, f"ingesting {idx.name} {idx.version}")
     throttle = Throttle(ctx.config.limits.ingest_bytes_per_second)
-    added: list[str] = ctx.scratch.setdefault("added", [])
+    added = ctx.added
     n_added = n_present = bytes_added = 0
 
     def progress(n: int) -> None:
@@ -98,7 +94,7 @@ def _stream(ctx: StepContext, ob: OpenBundle) -> tuple[int, int, int]:
     return n_added, n_present, bytes_added
 
 
-def ingest_part(store: Store, ob: OpenBundle, limits: Any, progress: Callable[[int], None],
+def ingest_part(store: Store, ob: OpenBundle, limits: Limits, progress: Callable[[int], None],
                 check_stop: Callable[[], None]) -> str:
     """Copy one verified-first part into the store: whole blobs as usual, segments written at their offset
     into the blob's assembly file. Raises VerifyError on any mismatch (the part is then quarantined)."""

@@ -12,23 +12,25 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from .httpbase import Handler
-from .journal import Database
+from .journal import Journal
+from .published import Published
 
 
-class _StateCollector:
-    def __init__(self, db: Database):
-        self.db = db
+class _StateCollector(Collector):
+    def __init__(self, journal: Journal, published: Published):
+        self.journal = journal
+        self.published = published
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("hydra_agent_bundles", "Bundles known to the agent, by state", labels=["state"])
-        for state, n in self.db.state_counts().items():
+        for state, n in self.journal.state_counts().items():
             g.add_metric([state], n)
         yield g
         s = GaugeMetricFamily("hydra_agent_published_blob_bytes", "Bytes of published blobs in the store")
-        row = self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM blobs")
-        s.add_metric([], row[0]["n"])
+        s.add_metric([], self.published.published_bytes())
         yield s
 
 
@@ -43,8 +45,8 @@ class Metrics:
                                 registry=self.registry)
         self.sent = Counter("hydra_agent_http_sent_bytes", "Body bytes sent", ["server"], registry=self.registry)
 
-    def attach(self, db: Database) -> None:
-        self.registry.register(_StateCollector(db))  # type: ignore[arg-type]
+    def attach(self, journal: Journal, published: Published) -> None:
+        self.registry.register(_StateCollector(journal, published))
 
     def observe(self, server: str, method: str, status: int, sent: int) -> None:
         self.requests.labels(server, method, str(status)).inc()

@@ -1,5 +1,12 @@
 """One bundle file through the agent: verify the signature first, admit or refuse, then run its steps.
 
+The steps of every bundle, in order (:func:`step_defs`)::
+
+    ingest    (agent.ingest)    copy every member into the content store, verifying each blob
+    publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
+    push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
+    apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
+
 Order of checks, before anything is written to the store: signature against ``trusted_keys`` (and the
 index's own structure) → already complete? (no-op) → expired (freeze attack) → sequence lower than one
 already accepted for the same name (rollback attack, unless ``allow_downgrade``) → size limit. Then the
@@ -25,26 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bundle.index import BundleIndex
 from ..bundle.reader import OpenBundle, open_bundle
 from ..digest import sha256_bytes
-from ..errors import VerifyError
+from ..disk import disk_full
+from ..errors import Cancelled, VerifyError
+from ..states import FINISHED, BundleState, Outcome
+from . import deploy, ingest, publish, push
 from .config import AgentConfig
-from .ingest import assemble_ready, ingest_part
-from .journal import (
-    COMPLETE,
-    DONE,
-    QUARANTINED,
-    SKIPPED,
-    WAITING,
-    Database,
-    Journal,
-    PipelineLock,
-    disk_full,
-    missing_parts,
-)
+from .db import Database
+from .journal import Journal
+from .lock import PipelineLock
 from .published import Published
 from .quarantine import quarantine
-from .steps import Interrupted, StepContext, failure_message, plan, run_steps
+from .runner import StepContext, StepDef, failure_message, run_steps
+from .schema import open_database
+from .status import missing_parts
 from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
@@ -55,7 +58,7 @@ _MAYBE_UNSETTLED = {"truncated", "missing-member", "not-a-tar", "bad-layout", "d
 
 @dataclass
 class Result:
-    state: str                    # complete | quarantined | failed | waiting | interrupted | unsettled | duplicate
+    state: Outcome
     bundle: str | None = None     # bundle id (sha256 of the signed index)
     name: str | None = None
     version: str | None = None
@@ -63,7 +66,20 @@ class Result:
     detail: str | None = None
 
     def json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: str(v) if k == "state" else v for k, v in self.__dict__.items() if v is not None}
+
+
+def step_defs(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
+    """The steps of ``index`` on this agent, in order (module docstring)."""
+    out = [StepDef("ingest", ingest.run), StepDef("publish", publish.run)]
+    if config.push is not None:
+        out.append(StepDef("push", push.run))
+    out += deploy.journal_steps(index, config)
+    names = [d.name for d in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ValueError(f"step name {dup!r} planned twice")
+    return out
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int]:
@@ -76,7 +92,7 @@ class Pipeline:
                  status: Callable[[str], None] | None = None):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.db = db or Database(config.journal_path)
+        self.db = db or open_database(config.journal_path)
         self.journal = Journal(self.db)
         self.published = Published(self.db)
         self.store = Store(config.store_dir)
@@ -96,7 +112,7 @@ class Pipeline:
             self.store.release_reserve()
         detail = failure_message(None, e)
         log.error("cannot write the journal", extra={"kv": {"digest": bid, "error": detail}})
-        return Result("failed", bid, reason="journal-error", detail=detail)
+        return Result(Outcome.FAILED, bid, reason="journal-error", detail=detail)
 
     def in_drop_dir(self, path: Path) -> bool:
         return path.resolve().parent == self.config.drop_dir.resolve()
@@ -118,12 +134,14 @@ class Pipeline:
         """Continue an admitted bundle (after a restart or a failed step)."""
         with self.locked():
             row = self.journal.bundle(bundle_id)
-            if row is None or row.state in (COMPLETE, QUARANTINED):
-                return Result(row.state if row else "unknown", bundle_id)
+            if row is None:
+                return Result(Outcome.UNKNOWN, bundle_id)
+            if row.state in (BundleState.COMPLETE, BundleState.QUARANTINED):
+                return Result(Outcome(row.state), bundle_id)
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             src = Path(row.source) if row.source else None
             try:
-                if steps.get("ingest") not in (DONE, SKIPPED) and src is not None and src.is_file():
+                if steps.get("ingest") not in FINISHED and src is not None and src.is_file():
                     res = self._process_file(src, force=True)
                 else:
                     res = self._run(bundle_id, row.index(), None, src)
@@ -135,22 +153,22 @@ class Pipeline:
     def reapply(self, bundle_id: str, everything: bool = True) -> Result:
         """``agent apply``: run the apply steps of an ingested bundle again — all of them (they converge), or
         with ``everything=False`` only the failed and pending ones."""
-        from .deploy import PREFIX
-
         with self.locked():
             row = self.journal.bundle(bundle_id)
-            if row is None or row.index_json is None or row.state == QUARANTINED:
-                return Result(row.state if row else "unknown", bundle_id, detail="not an admitted bundle")
+            if row is None:
+                return Result(Outcome.UNKNOWN, bundle_id, detail="not an admitted bundle")
+            if row.index_json is None or row.state == BundleState.QUARANTINED:
+                return Result(Outcome.QUARANTINED, bundle_id, detail="not an admitted bundle")
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
-            if steps.get("publish") not in (DONE, SKIPPED):
-                return Result(row.state, bundle_id, row.name, row.version, "not-ingested",
+            if steps.get("publish") not in FINISHED:
+                return Result(_as_outcome(row.state), bundle_id, row.name, row.version, "not-ingested",
                               "the bundle is not ingested and published yet; drop the bundle file (or `agent "
                               "ingest FILE`) first")
             idx = row.index()
-            names = [d.name for d in plan(idx, self.config) if d.name.startswith(PREFIX)]
+            names = [d.name for d in step_defs(idx, self.config) if d.name.startswith(deploy.PREFIX)]
             try:
                 self.journal.reset_steps(bundle_id, names if everything else
-                                         [n for n in names if steps.get(n) not in (DONE, SKIPPED)])
+                                         [n for n in names if steps.get(n) not in FINISHED])
                 self.journal.event(bundle_id, row.name, row.version, "apply",
                                    f"re-run {'all' if everything else 'unfinished'} apply steps")
                 res = self._run(bundle_id, idx, None, None, explicit=True)
@@ -165,11 +183,11 @@ class Pipeline:
         try:
             st = path.stat()
         except FileNotFoundError:
-            return Result("unsettled", detail=f"{path} disappeared")
+            return Result(Outcome.UNSETTLED, detail=f"{path} disappeared")
         if not force:
             seen = self.journal.seen_drop(str(path), *_sig(st))
             if seen is not None:
-                return Result("duplicate", seen[0], detail=f"already handled ({seen[1]})")
+                return Result(Outcome.DUPLICATE, seen[0], detail=f"already handled ({seen[1]})")
         try:
             ob = open_bundle(path, self.keys)  # the signature is checked before anything else is trusted
         except VerifyError as e:
@@ -179,18 +197,18 @@ class Pipeline:
             self.lock.owner(bid)
             idx = ob.index
             row = self.journal.bundle(bid)
-            if row is not None and row.state == COMPLETE:
+            if row is not None and row.state == BundleState.COMPLETE:
                 self.journal.event(bid, idx.name, idx.version, "duplicate", f"{path}: already complete, nothing to do")
                 log.info("duplicate bundle", extra={"kv": {"bundle": idx.name, "version": idx.version,
                                                            "file": str(path)}})
-                self._done_with_drop(path, st, bid, "duplicate")
-                return Result("duplicate", bid, idx.name, idx.version)
+                self._done_with_drop(path, st, bid, Outcome.DUPLICATE)
+                return Result(Outcome.DUPLICATE, bid, idx.name, idx.version)
             try:
                 self._admission_checks(ob, bid)
             except VerifyError as e:
                 return self._refuse(path, st, ob, bid, e, [])
-            if row is None or row.state == QUARANTINED:
-                names = [d.name for d in plan(idx, self.config)]
+            if row is None or row.state == BundleState.QUARANTINED:
+                names = [d.name for d in step_defs(idx, self.config)]
                 self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
                 log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,
                                                           "sequence": idx.sequence, "digest": bid, "file": str(path)}})
@@ -209,28 +227,28 @@ class Pipeline:
             self.journal.record_drop(str(path), *_sig(st), bid, "part")
         else:
             try:
-                detail = ingest_part(self.store, ob, self.config.limits, self.progress, self._check_stop)
+                detail = ingest.ingest_part(self.store, ob, self.config.limits, self.progress, self._check_stop)
                 self.journal.part_done(bid, ob.part, str(path))
             except VerifyError as e:
                 return self._refuse_part(path, st, ob, bid, e)
-            except Interrupted:  # agent stopping: the part is read again on the next start
-                return Result("interrupted", bid, idx.name, idx.version, None, f"part {ob.part} interrupted")
+            except Cancelled:  # agent stopping: the part is read again on the next start
+                return Result(Outcome.INTERRUPTED, bid, idx.name, idx.version, None, f"part {ob.part} interrupted")
             self.journal.record_drop(str(path), *_sig(st), bid, "part")
             self.journal.event(bid, idx.name, idx.version, "part", f"{path}: {detail}")
             log.info("part ingested", extra={"kv": {"bundle": idx.name, "version": idx.version, "part": ob.part,
                                                     "of": idx.parts.count, "file": str(path)}})
             done = self.journal.parts_done(bid)
         try:
-            assemble_ready(self.store, idx, set(done), self.progress)
+            ingest.assemble_ready(self.store, idx, set(done), self.progress)
         except VerifyError as e:
             return self._refuse_part(path, st, ob, bid, e)
         missing = missing_parts(idx.parts.count, done)
         if missing:
             detail = f"waiting for parts {', '.join(map(str, missing))} of {idx.parts.count}"
-            self.journal.set_state(bid, WAITING, "parts-missing", detail)
-            return Result(WAITING, bid, idx.name, idx.version, "parts-missing", detail)
+            self.journal.set_state(bid, BundleState.WAITING, "parts-missing", detail)
+            return Result(Outcome.WAITING, bid, idx.name, idx.version, "parts-missing", detail)
         res = self._run(bid, idx, None, path, st)
-        if res.state == COMPLETE and self.config.drops == "delete":
+        if res.state == Outcome.COMPLETE and self.config.drops == "delete":
             for src in done.values():
                 p = Path(src)
                 if self.in_drop_dir(p):
@@ -240,13 +258,13 @@ class Pipeline:
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
-            raise Interrupted()
+            raise Cancelled("the agent is stopping")
 
     def _refuse_part(self, path: Path, st: os.stat_result, ob: OpenBundle, bid: str, e: VerifyError) -> Result:
         idx = ob.index
         assert idx.parts is not None
         if e.reason in _MAYBE_UNSETTLED and _changed(path, st):
-            return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
+            return Result(Outcome.UNSETTLED, bid, idx.name, idx.version, e.reason, e.detail)
         info = {"digest": bid, "name": idx.name, "version": idx.version, "sequence": idx.sequence,
                 "signatureVerified": True, "part": ob.part, "of": idx.parts.count}
         reason_file = quarantine(self.config.quarantine_dir, path, self.in_drop_dir(path), e.reason, e.detail, info)
@@ -254,12 +272,12 @@ class Pipeline:
         missing = missing_parts(idx.parts.count, self.journal.parts_done(bid))
         detail = (f"part {ob.part} quarantined ({e.reason}: {e.detail}); waiting for parts "
                   f"{', '.join(map(str, missing))} of {idx.parts.count}")
-        self.journal.set_state(bid, WAITING, "parts-missing", detail)
+        self.journal.set_state(bid, BundleState.WAITING, "parts-missing", detail)
         self.journal.event(bid, idx.name, idx.version, "quarantined", f"part {ob.part}: {e.reason}: {e.detail}")
         log.warning("part quarantined", extra={"kv": {"bundle": idx.name, "version": idx.version, "part": ob.part,
                                                       "reason": e.reason, "detail": e.detail, "file": str(path),
                                                       "reason_file": str(reason_file)}})
-        return Result(QUARANTINED, bid, idx.name, idx.version, e.reason, f"part {ob.part}: {e.detail}")
+        return Result(Outcome.QUARANTINED, bid, idx.name, idx.version, e.reason, f"part {ob.part}: {e.detail}")
 
     def _admission_checks(self, ob: OpenBundle, bid: str) -> None:
         idx = ob.index
@@ -276,31 +294,30 @@ class Pipeline:
         if limit is not None and idx.total_size > limit:
             raise VerifyError("too-large", f"content is {idx.total_size} bytes, limits.max_bundle_bytes is {limit}")
 
-    def _run(self, bid: str, idx: Any, ob: OpenBundle | None, path: Path | None,
+    def _run(self, bid: str, idx: BundleIndex, ob: OpenBundle | None, path: Path | None,
              st: os.stat_result | None = None, explicit: bool = False) -> Result:
         self.lock.owner(bid)
         ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
-                          self.progress, log, status=self.status)
-        ctx.scratch["explicit"] = explicit   # an operator's `agent apply`: even a superseded bundle is applied
+                          self.progress, log, status=self.status, explicit=explicit)
         try:
-            out = run_steps(ctx, plan(idx, self.config))
+            out = run_steps(ctx, step_defs(idx, self.config))
         except VerifyError as e:
             if path is not None and st is not None and e.reason in _MAYBE_UNSETTLED and _changed(path, st):
                 # still being written: not the bundle's fault, try again once it settles
-                self.journal.set_state(bid, "received", "unsettled", "file changed while it was read")
-                self.journal.replan(bid, [d.name for d in plan(idx, self.config)])
-                return Result("unsettled", bid, idx.name, idx.version, e.reason, e.detail)
-            return self._refuse(path, st, ob, bid, e, ctx.scratch.get("added", []))
+                self.journal.set_state(bid, BundleState.RECEIVED, "unsettled", "file changed while it was read")
+                self.journal.replan(bid, [d.name for d in step_defs(idx, self.config)])
+                return Result(Outcome.UNSETTLED, bid, idx.name, idx.version, e.reason, e.detail)
+            return self._refuse(path, st, ob, bid, e, ctx.added)
         try:
-            if out.state == COMPLETE and path is not None and st is not None:
-                self._done_with_drop(path, st, bid, COMPLETE)
-            elif path is not None and st is not None and out.state in ("failed", "waiting"):
-                self.journal.record_drop(str(path), *_sig(st), bid, "failed")
+            if out.state == Outcome.COMPLETE and path is not None and st is not None:
+                self._done_with_drop(path, st, bid, Outcome.COMPLETE)
+            elif path is not None and st is not None and out.state in (Outcome.FAILED, Outcome.WAITING):
+                self.journal.record_drop(str(path), *_sig(st), bid, Outcome.FAILED)
         except sqlite3.Error as e:  # the bundle's state is recorded; an unrecorded drop is only read again
             log.warning("cannot record the drop file", extra={"kv": {"file": str(path), "error": str(e)}})
-        if out.state == COMPLETE:
+        if out.state == Outcome.COMPLETE:
             log.info("bundle complete", extra={"kv": {"bundle": idx.name, "version": idx.version, "digest": bid}})
-        return Result(out.state, bid, idx.name, idx.version, None if out.state == COMPLETE else out.step,
+        return Result(out.state, bid, idx.name, idx.version, None if out.state == Outcome.COMPLETE else out.step,
                       out.detail)
 
     def _done_with_drop(self, path: Path, st: os.stat_result, bid: str, outcome: str) -> None:
@@ -329,13 +346,13 @@ class Pipeline:
         if added:
             keep = self.published.referenced_blobs()
             self.store.remove([d for d in added if d not in keep])
-        if ob is not None:
-            idx = ob.index
-        else:
+        idx: BundleIndex | None = ob.index if ob is not None else None
+        if idx is None:
             row = self.journal.bundle(bid)
             idx = row.index() if row and row.index_json else None
-        return self._quarantine(path, bid, idx.name if idx else None, idx.version if idx else None,
-                                idx.sequence if idx else None, True, e, ob.index_bytes if ob else None)
+        return self._quarantine(path, bid, idx.name if idx is not None else None,
+                                idx.version if idx is not None else None, idx.sequence if idx is not None else None,
+                                True, e, ob.index_bytes if ob else None)
 
     def _quarantine(self, path: Path | None, bid: str, name: str | None, version: str | None, seq: int | None,
                     verified: bool, e: VerifyError, index_bytes: bytes | None) -> Result:
@@ -349,7 +366,7 @@ class Pipeline:
         log.warning("bundle quarantined", extra={"kv": {"bundle": name, "version": version, "reason": e.reason,
                                                         "detail": e.detail, "file": str(path),
                                                         "reason_file": str(reason_file)}})
-        return Result(QUARANTINED, bid, name, version, e.reason, e.detail)
+        return Result(Outcome.QUARANTINED, bid, name, version, e.reason, e.detail)
 
 
 def _changed(path: Path, st: os.stat_result) -> bool:
@@ -358,3 +375,8 @@ def _changed(path: Path, st: os.stat_result) -> bool:
         return _sig(path.stat()) != _sig(st)
     except FileNotFoundError:
         return True
+
+
+def _as_outcome(state: BundleState) -> Outcome:
+    """A bundle's state as the outcome of a run that did nothing to it."""
+    return Outcome(state) if state in Outcome._value2member_map_ else Outcome.WAITING

@@ -7,16 +7,12 @@ from __future__ import annotations
 import contextlib
 
 from ..bundle.index import BundleIndex
+from ..disk import disk_full
 from ..errors import HydraError
-from .journal import disk_full
 from .published import RefRow, repo_and_tag
-from .steps import StepContext, StepDef
+from .runner import StepContext
 
 KIND = {"images": "image", "charts": "chart", "manifests": "manifest", "files": "file", "models": "model"}
-
-
-def plan(index: object, config: object) -> list[StepDef]:
-    return [StepDef("publish", run)]
 
 
 def refs_of(index: BundleIndex) -> list[RefRow]:

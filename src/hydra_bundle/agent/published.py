@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..oci import mediatypes as mt
-from .journal import Database
+from .db import Database
 
 _TAG_BAD = re.compile(r"[^\w.-]")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS refs(
+  repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, kind TEXT NOT NULL,
+  ref TEXT NOT NULL, bundle_id TEXT NOT NULL, published_at REAL NOT NULL, PRIMARY KEY(repo, tag));
+CREATE TABLE IF NOT EXISTS blobs(
+  digest TEXT PRIMARY KEY, size INTEGER NOT NULL, media_type TEXT NOT NULL, bundle_id TEXT NOT NULL,
+  published_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS paths(
+  area TEXT NOT NULL, name TEXT NOT NULL, path TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+  bundle_id TEXT NOT NULL, published_at REAL NOT NULL, PRIMARY KEY(area, name, path));
+"""
 
 
 def repo_and_tag(ref: str) -> tuple[str, str | None, str | None]:
@@ -132,6 +143,13 @@ class Published:
         return [(r["path"], int(r["size"]), float(r["published_at"])) for r in rows]
 
     # ---------------------------------------------------------------- inventory
+
+    def image_refs(self) -> list[str]:
+        """Every published image reference as the bundle wrote it (for ``mirror-config``)."""
+        return [r["ref"] for r in self.db.query("SELECT DISTINCT ref FROM refs WHERE kind='image' ORDER BY ref")]
+
+    def published_bytes(self) -> int:
+        return int(self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM blobs")[0]["n"])
 
     def inventory(self) -> list[tuple[str, int]]:
         return [(r["digest"], int(r["size"])) for r in self.db.query("SELECT digest, size FROM blobs ORDER BY digest")]

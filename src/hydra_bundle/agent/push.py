@@ -21,18 +21,13 @@ Children are always pushed by digest first. The embedded registry serves the ori
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from ..digest import canonical_json, sha256_bytes
 from ..oci import mediatypes as mt
 from ..oci.auth import CredentialStore
 from ..oci.client import RegistryClient
 from .published import repo_and_tag
-from .steps import StepContext, StepDef
-
-
-def plan(index: object, config: Any) -> list[StepDef]:
-    return [StepDef("push", run)] if config.push is not None else []
+from .runner import StepContext
 
 
 class Pusher:

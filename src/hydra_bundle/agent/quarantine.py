@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..digest import fsync_dir
+from ..disk import fsync_dir
 
 
 def quarantine(qdir: Path, path: Path, move: bool, reason: str, detail: str, bundle: dict[str, Any]) -> Path:

@@ -15,10 +15,16 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".partial", ".crdownload", ".swp")
 BLOCK = 512
+
+
+class Verdict(StrEnum):
+    READY = "ready"              # settled and structurally complete: verify it
+    INCOMPLETE = "incomplete"    # stable for incomplete_timeout but still not a complete tar: refuse it
 
 
 def is_candidate(name: str) -> bool:
@@ -65,11 +71,11 @@ class Settler:
             s.handed = None
             s.since = self.clock() + delay
 
-    def observe(self, paths: Iterable[Path]) -> list[tuple[Path, str]]:
-        """Update with the files currently in the drop dir; returns (path, "ready"|"incomplete") once per
-        settled version of a file."""
+    def observe(self, paths: Iterable[Path]) -> list[tuple[Path, Verdict]]:
+        """Update with the files currently in the drop dir; returns (path, verdict) once per settled version of
+        a file."""
         now = self.clock()
-        out: list[tuple[Path, str]] = []
+        out: list[tuple[Path, Verdict]] = []
         present = set()
         for p in paths:
             try:
@@ -90,10 +96,10 @@ class Settler:
             if (renamed or stable >= self.settle) and tar_looks_complete(p, st.st_size):
                 s.handed = sig
                 self.renamed.discard(p)
-                out.append((p, "ready"))
+                out.append((p, Verdict.READY))
             elif stable >= self.incomplete_timeout:
                 s.handed = sig
-                out.append((p, "incomplete"))
+                out.append((p, Verdict.INCOMPLETE))
         for p in list(self.seen):
             if p not in present:
                 del self.seen[p]

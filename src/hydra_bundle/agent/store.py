@@ -13,7 +13,6 @@ next step (:meth:`Store.keep_reserve`), and a step does not start while it canno
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -22,21 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle.reader import BlobMember
-from ..digest import (
-    WRITEBACK_STEP,
-    BlobDir,
-    canonical_json,
-    ensure_free_space,
-    fsync_dir,
-    hex_of,
-    human_bytes,
-    start_writeback,
-)
-from ..errors import DiskSpaceError
+from ..digest import canonical_json, hex_of, sha256_file
+from ..disk import WRITEBACK_STEP, disk_full, ensure_free_space, fsync_dir, human_bytes, start_writeback
+from ..errors import DiskSpaceError, VerifyError
 from ..oci import mediatypes as mt
-from .journal import disk_full
+from ..oci.layout import OCI_LAYOUT, BlobDir
 
-OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 RESERVE_BYTES = 1 << 20
 
 
@@ -115,7 +105,7 @@ class Store(BlobDir):
                     nonlocal pos, kicked
                     while chunk:
                         n = out.write(chunk)
-                        chunk = chunk[n:]  # type: ignore[index]
+                        chunk = chunk[n:]
                         pos += n
                     if pos - kicked >= WRITEBACK_STEP:
                         # start writeback now so the disk works while we read and hash the next chunks;
@@ -147,7 +137,7 @@ class Store(BlobDir):
                 nonlocal pos
                 while chunk:
                     n = os.pwrite(fd, chunk, pos)
-                    chunk = chunk[n:]  # type: ignore[index]
+                    chunk = chunk[n:]
                     pos += n
 
             member.read_into(sink, progress)
@@ -158,9 +148,6 @@ class Store(BlobDir):
 
     def finish_assembly(self, blob: str, size: int, progress: Callable[[int], None] | None = None) -> None:
         """Every segment is in: hash the whole file once and rename it into ``blobs/`` when it matches."""
-        from ..digest import sha256_file
-        from ..errors import VerifyError
-
         src = self.assembling / hex_of(blob)
         got, n = sha256_file(src)
         if progress:
@@ -183,9 +170,6 @@ class Store(BlobDir):
     def write_index(self, manifests: list[dict[str, Any]]) -> None:
         self._atomic_write(self.root / "index.json",
                            canonical_json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}))
-
-    def read_index(self) -> dict[str, Any]:
-        return json.loads((self.root / "index.json").read_bytes())
 
     def _atomic_write(self, path: Path, data: bytes) -> None:
         tmp = self.tmp / f"{path.name}.{os.getpid()}.{threading.get_ident()}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from watchdog.events import FileMovedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from .settle import Settler, is_candidate
 
@@ -44,7 +45,7 @@ class Watcher:
         self.drop_dir = Path(drop_dir)
         self.settler = settler
         self.wake = wake
-        self.observer: Observer | None = None  # type: ignore[valid-type]
+        self.observer: BaseObserver | None = None
 
     def start(self) -> None:
         try:

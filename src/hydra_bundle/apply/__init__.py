@@ -1,8 +1,9 @@
-"""Apply a bundle on site: the spec's ``deploy`` steps as journaled, idempotent steps (see ``base.Step``).
+"""Apply a bundle on site: the spec's ``deploy`` steps as idempotent steps the agent journals (contract:
+``step.ApplyStep``).
 
-Modules: ``deploy_spec`` (schemas), ``subst`` (``${site.x}`` variables), ``rewrite`` (images → site registry,
-containerd/CRI-O mirror config), ``kube`` (server-side apply, waits, prune, nodes), ``helm``, ``mysql``,
-``warmup`` (Dataset CR), ``tls`` (site CA and gateway certificates), ``steps`` (the step classes), ``plan``
-(bundle index + site → ordered steps). The agent runs them as journal steps (``agent/deploy.py``).
-This package imports nothing heavy at import time (the spec loader uses ``deploy_spec``).
+``site`` (where things are), ``plan`` (bundle index + site → ordered steps), ``steps`` (one class per action),
+``runtime`` (what a run shares), and the adapters behind them: ``kube`` (the cluster; ``applier`` applies
+objects, ``wait`` and ``prune`` use it), ``helm``, ``mysql``, ``tls`` (site CA), ``warmup`` (Dataset CR),
+``rewrite`` (images → site registry), ``mirrors`` (node registry-mirror snippets). Importing the package or
+``plan`` does not import the ``kubernetes`` client; the first step that reaches the cluster does.
 """

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .base import ApplyError, brief
+from ..errors import ApplyError, brief
+from ..retry import Deadline
 from .rewrite import rewrite_image
 
 if TYPE_CHECKING:
@@ -197,14 +198,12 @@ def decode_release(secret: dict[str, Any]) -> dict[str, Any] | None:
     return rel if isinstance(rel, dict) else None
 
 
-def deployed_without_helm(kube: Kube, rel: HelmRelease) -> str | None:
+def deployed_without_helm(kube: Kube, rel: HelmRelease, deadline: Deadline) -> str | None:
     """Without a helm binary: has someone (an operator running the pending command) deployed this chart version
     with these values? Reads helm's release Secrets through the API. Returns the revision, or None."""
-    path = f"/api/v1/namespaces/{rel.namespace}/secrets"
-    sel = f"owner=helm,name={rel.release},status=deployed"
-    lst = kube.call(f"list helm releases {rel.namespace}/{rel.release}", lambda: kube.dyn.request(
-        "get", path, label_selector=sel, _request_timeout=kube.request_timeout)).to_dict()
-    for item in lst.get("items") or []:
+    items = kube.list_raw(f"/api/v1/namespaces/{rel.namespace}/secrets",
+                          f"owner=helm,name={rel.release},status=deployed", deadline)
+    for item in items:
         r = decode_release(item)
         md = ((r or {}).get("chart") or {}).get("metadata") or {}
         if r is None or md.get("name") != rel.chart_name or md.get("version") != rel.version:

@@ -9,15 +9,21 @@ The password comes from ``site.mysql.password_file`` and never appears in messag
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pymysql
+import pymysql.cursors
 import pymysql.err
 
-from .base import ApplyError, Deadline, Runtime, TransientError, brief
-from .deploy_spec import MySQLSite, SeedTable, SqlSeed
+from .. import retry
+from ..errors import ApplyError, TransientError, brief
+from ..retry import Deadline
+from ..spec.deploy import SeedTable, SqlSeed
+from .runtime import Runtime
+from .site import MySQLSite
 
 # connection-level failures worth retrying: can't connect, gone away, lost, too many connections, lock timeouts
 TRANSIENT_CODES = {1040, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
@@ -79,7 +85,8 @@ def target_database(m: MySQLSite, seed: SqlSeed) -> str:
     return db
 
 
-def _seed_table(cur: Any, db: str, t: SeedTable, progress: Callable[[str], None]) -> tuple[list[str], int]:
+def _seed_table(cur: pymysql.cursors.Cursor, db: str, t: SeedTable,
+                progress: Callable[[str], None]) -> tuple[list[str], int]:
     changes: list[str] = []
     unchanged = 0
     table = f"{q(db)}.{q(t.table)}"
@@ -112,13 +119,12 @@ def _seed_table(cur: Any, db: str, t: SeedTable, progress: Callable[[str], None]
 
 def seed(m: MySQLSite, s: SqlSeed, deadline: Deadline, rt: Runtime,
          progress: Callable[[str, int, int], None]) -> tuple[list[str], int]:
-    """Write every declared row in one transaction; retry connection failures with backoff until ``deadline``.
-    Returns (changes, number of rows already up to date)."""
+    """Write every declared row in one transaction; retry connection failures with the shared backoff until
+    ``deadline``. Returns (changes, number of rows already up to date)."""
     db = target_database(m, s)
     total = sum(len(t.rows) for t in s.tables)
-    delay, attempt = 0.5, 0
-    while True:
-        attempt += 1
+
+    def attempt() -> tuple[list[str], int]:
         conn = None
         try:
             conn = connect(m, db)
@@ -136,36 +142,31 @@ def seed(m: MySQLSite, s: SqlSeed, deadline: Deadline, rt: Runtime,
                     unchanged += u
             conn.commit()
             return changes, unchanged
-        except pymysql.err.MySQLError as e:
-            if conn is not None:
-                try:
-                    conn.rollback()
-                except Exception:
-                    pass
-            if not _is_transient(e):
-                code = e.args[0] if e.args else "?"
-                hint = " (does the table exist? Hydra creates it)" if code == 1146 else ""
-                raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}{hint}") from None
-            if deadline.left < 0.05:
-                raise TransientError(f"sql: {m.safe_dsn}: not reachable after {attempt} attempts: {_msg(e)}") from None
-            note = f"sql: {m.safe_dsn}: {_msg(e)}; retrying in {delay:.1f}s"
-            rt.log(note)
-            progress(note, 0, total)
-            rt.sleep(min(delay, deadline.left))
-            delay = min(delay * 2, 10.0)
         except BaseException:
             if conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     conn.rollback()
-                except Exception:
-                    pass
             raise
         finally:
             if conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     conn.close()
-                except Exception:
-                    pass
+
+    def on_retry(e: BaseException, seconds: float) -> None:
+        note = f"sql: {m.safe_dsn}: {_msg(e)}; retrying in {seconds:.1f}s"
+        rt.log(note)
+        progress(note, 0, total)
+
+    def give_up(e: BaseException, attempts: int) -> Exception:
+        return TransientError(f"sql: {m.safe_dsn}: not reachable after {attempts} attempts: {_msg(e)}")
+
+    try:
+        return retry.call(attempt, transient=_is_transient, deadline=deadline, sleep=rt.sleep, on_retry=on_retry,
+                          give_up=give_up)
+    except pymysql.err.MySQLError as e:  # not transient
+        code = e.args[0] if e.args else "?"
+        hint = " (does the table exist? Hydra creates it)" if code == 1146 else ""
+        raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}{hint}") from None
 
 
 def _msg(e: BaseException) -> str:

@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bundle.index import BundleIndex
-from ..errors import SpecError
-from .base import WHEN_TEXT, ApplyError, BundleInfo, Step
-from .deploy_spec import DeploySpec, SiteConfig, SqlSeed, TlsSecret
+from ..errors import ApplyError, SpecError
+from ..k8s.kinds import default_api_version
+from ..k8s.manifests import parse_manifests, substitute_data
+from ..k8s.objects import MANAGED_BY, MANAGED_BY_LABEL, BundleInfo, ObjKey, mark_ours, namespace_object
+from ..spec.deploy import DeploySpec, SqlSeed, TlsSecret
 from .helm import HelmRelease, chart_values
-from .objects import MANAGED_BY, MANAGED_BY_LABEL, ObjKey, mark_ours
 from .rewrite import chart_site_repository, rewrite_workload_images
+from .site import SiteConfig
+from .step import WHEN_TEXT, ApplyStep
 from .steps import (
-    BUILTIN_API_VERSIONS,
     ChartStep,
     KubeStep,
     LabelNodesStep,
@@ -31,8 +33,7 @@ from .steps import (
     WarmupStep,
     pull_secret_object,
 )
-from .subst import parse_manifests, substitute_data
-from .warmup import dataset_object, namespace_object
+from .warmup import dataset_object
 
 ReadBlob = Callable[[str], bytes]
 
@@ -40,7 +41,7 @@ ReadBlob = Callable[[str], bytes]
 @dataclass
 class ApplyPlan:
     bundle: BundleInfo
-    steps: list[Step]
+    steps: list[ApplyStep]
     notes: list[str] = field(default_factory=list)
 
     def json(self) -> dict[str, Any]:
@@ -52,10 +53,11 @@ class ApplyPlan:
         if not self.steps:
             lines.append("  nothing to apply (the spec has no deploy steps)")
         for i, s in enumerate(self.steps, 1):
-            cond = f"  [only if {a}]" if (a := _when(s)) else ""
+            when = _when(s)
+            cond = f"  [only if {when}]" if when else ""
             lines.append(f"{i:>2}. {s.name} ({s.kind}, timeout {s.timeout:.0f}s){cond}")
-            for a in s.plan():
-                lines.append(f"      {a.op:<11} {a.target}" + (f"  ({a.detail})" if a.detail else ""))
+            for act in s.plan():
+                lines.append(f"      {act.op:<11} {act.target}" + (f"  ({act.detail})" if act.detail else ""))
             lines += [f"      note        {n}" for n in s.notes]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -74,7 +76,7 @@ def _first_error(e: ValueError) -> str:
     return ": " + str(e)
 
 
-def _when(s: Step) -> str | None:
+def _when(s: ApplyStep) -> str | None:
     return WHEN_TEXT.get(s.when)
 
 
@@ -138,7 +140,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
     variables = site.variables(index.name, index.version)
     spec_charts = {c["name"]: c for c in (index.spec or {}).get("charts") or []}
     comp_charts = {c.name: c for c in index.components.charts}
-    steps: list[Step] = []
+    steps: list[ApplyStep] = []
     keep: list[tuple[ObjKey, str]] = []
     seen_objects: dict[ObjKey, str] = {}
     notes: list[str] = []
@@ -158,7 +160,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                 if p.replaced_manager:
                     notes.append(f"{p.where}: {p.key} said app.kubernetes.io/managed-by={p.replaced_manager}; "
                                  f"it is managed by hydra-bundle now")
-            step: Step = ManifestsStep(name, objs, wait=st.wait, **common)
+            step: ApplyStep = ManifestsStep(name, objs, wait=st.wait, **common)
             keep += step.desired()
         elif st.label_nodes is not None:
             step = LabelNodesStep(name, st.label_nodes.labels, st.label_nodes.nodes,
@@ -200,11 +202,11 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
         elif st.tls is not None:
             raw = substitute_data(st.tls.model_dump(), variables, f"{where}.tls")
             try:
-                t = TlsSecret.model_validate(raw).checked()
+                tls = TlsSecret.model_validate(raw).checked()
             except ValueError as e:
                 raise SpecError([f"{where}.tls{_first_error(e)}"]) from None
             files = site.tls
-            step = TlsStep(name, t.secret, t.namespace, t.hosts, bundle=bundle,
+            step = TlsStep(name, tls.secret, tls.namespace, tls.hosts, bundle=bundle,
                            cert_file=files.cert_file if files else None, key_file=files.key_file if files else None,
                            **common)
             keep += step.desired()
@@ -212,7 +214,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
             assert st.wait_for is not None
             targets = []
             for j, t in enumerate(st.wait_for):
-                api_version = t.api_version or BUILTIN_API_VERSIONS.get(t.kind)
+                api_version = t.api_version or default_api_version(t.kind)
                 if api_version is None:
                     raise SpecError([f"{where}.wait_for[{j}]: give api_version for kind {t.kind}"])
                 md: dict[str, Any] = {"name": t.name}

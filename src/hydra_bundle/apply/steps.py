@@ -1,47 +1,47 @@
-"""The apply steps (one class per ``deploy`` action, plus prune). Built by ``plan.build_plan``; each is
-self-contained: ``plan()`` lists its actions offline, ``run(rt, progress)`` converges and can be re-run."""
+"""The apply steps: one class per ``deploy`` action, plus prune. Built by ``plan.build_plan``; each is
+self-contained: ``plan()`` lists its actions offline, ``run(rt, progress)`` converges and can be re-run (the
+contract is :mod:`.step`'s)."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import (
-    Action,
-    ApplyError,
+from ..errors import ApplyError
+from ..k8s.nodes import schedulable
+from ..k8s.objects import (
+    CRD_KIND,
+    WORKLOAD_KINDS,
     BundleInfo,
-    Deadline,
-    Progress,
-    ProgressEvent,
-    Runtime,
-    Step,
-    StepResult,
-    no_progress,
-    poll_delays,
+    ObjKey,
+    key_of,
+    mark_ours,
+    namespace_object,
+    sort_for_apply,
 )
-from .deploy_spec import SqlSeed
+from ..retry import Deadline, poll_delays
+from ..spec.deploy import SqlSeed
+from ..states import StepState
 from .helm import HelmRelease, command_text, deployed_without_helm, helm_env, upgrade_install, write_values
-from .objects import CRD_KIND, ObjKey, key_of, mark_ours, sort_for_apply
+from .prune import prune
+from .rewrite import ImageChange
+from .runtime import Runtime
+from .step import Action, ApplyStep, Progress, ProgressEvent, StepResult, no_progress
+from .tls import Material, SiteCA, fingerprint, from_files
+from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness
 
 if TYPE_CHECKING:
+    from .applier import Applier
     from .kube import Kube
-from .rewrite import ImageChange
-from .tls import Material, SiteCA, fingerprint, from_files
-from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness, namespace_object
 
-WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
-BUILTIN_API_VERSIONS = {
-    "Pod": "v1", "Service": "v1", "Namespace": "v1", "PersistentVolumeClaim": "v1", "ConfigMap": "v1",
-    "Secret": "v1", "ServiceAccount": "v1", "Node": "v1",
-    "Deployment": "apps/v1", "StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "ReplicaSet": "apps/v1",
-    "Job": "batch/v1", "CronJob": "batch/v1", "CustomResourceDefinition": "apiextensions.k8s.io/v1",
-    "Gateway": "gateway.networking.k8s.io/v1", "HTTPRoute": "gateway.networking.k8s.io/v1",
-    "Dataset": DATASET_API, "IPAddressPool": "metallb.io/v1beta1", "L2Advertisement": "metallb.io/v1beta1",
-}
+Emit = Callable[..., None]
+HELM_CHECK_SECONDS = 10.0
 
 
 @dataclass
@@ -58,39 +58,45 @@ class PreparedObject:
         return key_of(self.obj)
 
 
-def _emit(progress: Progress, step: str):  # type: ignore[no-untyped-def]
+def _emit(progress: Progress, step: str) -> Emit:
     def f(msg: str, done: int | None = None, total: int | None = None) -> None:
         progress(ProgressEvent(step, msg, done, total))
     return f
 
 
-class KubeStep(Step):
-    def kube(self, rt: Runtime, deadline: Deadline) -> Kube:
-        k = rt.kube()
-        k.deadline = deadline
-        k.sleep = rt.sleep
-        return k
+class _Tally:
+    """What a step applied: counts by outcome, the changes, the notes (CEL rules not enforced …)."""
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, str]] = []
+        self.notes: list[str] = []
+
+    def apply(self, applier: Applier, obj: dict[str, Any], deadline: Deadline, emit: Emit | None = None) -> str:
+        o = applier.apply(obj, deadline)
+        self.ops.append((o.op, str(o.key)))
+        self.notes.extend(o.notes)
+        if emit is not None:
+            emit(f"{o.op} {o.key}")
+        return o.op
+
+    @property
+    def changes(self) -> list[str]:
+        return [f"{op} {what}" for op, what in self.ops if op != "unchanged"]
+
+    @property
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for op, _ in self.ops:
+            counts[op] = counts.get(op, 0) + 1
+        return ", ".join(f"{n} {op}" for op, n in sorted(counts.items())) or "nothing to do"
+
+
+class KubeStep(ApplyStep):
+    """A step that talks to the cluster: the run starts with its deadline and the ``when`` check."""
 
     def begin(self, rt: Runtime) -> tuple[Deadline, Kube, StepResult | None]:
-        """Start a run: the step's deadline, the kube adapter bound to it, and the skip result (``when``)."""
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
-        return deadline, kube, self.skipped(rt)
-
-    def skipped(self, rt: Runtime) -> StepResult | None:
-        why = self._skip_reason(rt)
-        return StepResult("skipped", f"skipped: {why}") if why else None
-
-
-def _tally(outcomes: list[tuple[str, str]]) -> tuple[str, list[str]]:
-    counts: dict[str, int] = {}
-    changes = []
-    for op, what in outcomes:
-        counts[op] = counts.get(op, 0) + 1
-        if op != "unchanged":
-            changes.append(f"{op} {what}")
-    summary = ", ".join(f"{n} {op}" for op, n in sorted(counts.items())) or "nothing to do"
-    return summary, changes
+        """The step's deadline, the cluster adapter, and the skip result when ``when`` does not hold."""
+        return Deadline(self.timeout), rt.kube(), self.skipped(rt)
 
 
 # ====================================================================== manifests
@@ -128,31 +134,28 @@ class ManifestsStep(KubeStep):
         return out
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
+        from .wait import wait_ready
+
         deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
         emit = _emit(progress, self.name)
+        applier = rt.applier()
         ordered = self.ordered()
         total = len(ordered)
-        outcomes: list[tuple[str, str]] = []
-        notes: list[str] = []
-        done = 0
+        tally = _Tally()
 
         def apply(p: PreparedObject) -> None:
-            nonlocal done
-            emit(f"apply {p.key}", done, total)
-            o = kube.apply(p.obj)
-            outcomes.append((o.op, str(o.key)))
-            notes.extend(o.notes)
-            done += 1
-            emit(f"{o.op} {o.key}", done, total)
+            emit(f"apply {p.key}", len(tally.ops), total)
+            op = tally.apply(applier, p.obj, deadline)
+            emit(f"{op} {p.key}", len(tally.ops), total)
 
         crds = [p for p in ordered if p.obj["kind"] == CRD_KIND]
         for p in crds:
             apply(p)
         if crds:
-            kube.wait_ready([p.obj for p in crds], deadline,
-                            lambda m, d, t: emit(f"CRDs Established: {m}", d, t), rt.poll_interval)
+            wait_ready(kube, [p.obj for p in crds], deadline, lambda m, d, t: emit(f"CRDs Established: {m}", d, t),
+                       rt.poll_interval)
         for p in ordered:
             if p.obj["kind"] == "Namespace":
                 apply(p)
@@ -163,10 +166,10 @@ class ManifestsStep(KubeStep):
         if self.wait:
             workloads = [p.obj for p in ordered if p.obj["kind"] in WORKLOAD_KINDS]
             if workloads:
-                outputs = kube.wait_ready([kube.normalize(copy.deepcopy(o)) for o in workloads], deadline,
-                                          lambda m, d, t: emit(f"rollout: {m}", d, t), rt.poll_interval)
-        summary, changes = _tally(outcomes)
-        return StepResult("done", f"{total} objects: {summary}", changes, notes, outputs=outputs)
+                outputs = wait_ready(kube, [kube.normalize(copy.deepcopy(o), deadline) for o in workloads], deadline,
+                                     lambda m, d, t: emit(f"rollout: {m}", d, t), rt.poll_interval)
+        return StepResult(StepState.DONE, f"{total} objects: {tally.summary}", tally.changes, tally.notes,
+                          outputs=outputs)
 
 
 # ====================================================================== node labels
@@ -186,28 +189,36 @@ class LabelNodesStep(KubeStep):
         return [self._action("label-node", f"Node {n}", lbl) for n in targets]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        _, kube, skip = self.begin(rt)
+        deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
         names = self.nodes
         if not names:
-            nodes = kube.nodes()
+            nodes = kube.nodes(deadline)
             if not nodes:
                 raise ApplyError("the cluster has no nodes to label")
-            names = [n["metadata"]["name"] for n in nodes if kube.schedulable(n)] or \
-                [n["metadata"]["name"] for n in nodes]
+            names = [n["metadata"]["name"] for n in nodes if schedulable(n)] or [n["metadata"]["name"] for n in nodes]
         emit = _emit(progress, self.name)
-        changes = kube.label_nodes(sorted(names), self.labels, emit)
-        return StepResult("done", f"{len(names)} node(s): {len(changes)} labelled, "
-                                  f"{len(names) - len(changes)} already labelled", changes)
+        changes = []
+        names = sorted(names)
+        for i, name in enumerate(names):  # nodes are not ours: merge-patched labels only, never pruned
+            node = kube.get("v1", "Node", name, deadline=deadline)
+            if node is None:
+                raise ApplyError(f"node {name} does not exist")
+            have = (node.get("metadata") or {}).get("labels") or {}
+            missing = {k: v for k, v in self.labels.items() if have.get(k) != v}
+            if missing:
+                kube.merge_patch_labels("v1", "Node", name, missing, deadline)
+                changes.append(f"labelled node {name} " + ", ".join(f"{k}={v}" for k, v in missing.items()))
+            emit(f"node {name}", i + 1, len(names))
+        return StepResult(StepState.DONE, f"{len(names)} node(s): {len(changes)} labelled, "
+                                          f"{len(names) - len(changes)} already labelled", changes)
 
 
 # ====================================================================== charts
 
 def pull_secret_object(name: str, namespace: str, registry_host: str) -> dict[str, Any]:
     """A docker-registry Secret for the site registry (anonymous pulls: no credentials in it)."""
-    import json
-
     cfg = json.dumps({"auths": {registry_host: {}}}, separators=(",", ":")).encode()
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
             "metadata": {"name": name, "namespace": namespace},
@@ -243,46 +254,44 @@ class ChartStep(KubeStep):
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
         deadline = Deadline(self.timeout)
         emit = _emit(progress, self.name)
+        changes: list[str] = []
         if self.when != "always" or self.pre_objects:
-            kube = self.kube(rt, deadline)
             skip = self.skipped(rt)
             if skip:
                 return skip
-            outcomes = []
+            tally = _Tally()
             for o in sort_for_apply(self.pre_objects):
-                res = kube.apply(o)
-                outcomes.append((res.op, str(res.key)))
-                emit(f"{res.op} {res.key}")
-            _, changes = _tally(outcomes)
-        else:
-            changes = []
+                tally.apply(rt.applier(), o, deadline, emit)
+            changes = tally.changes
         values_file = write_values(self.values_path(rt), self.release.values)
         helm = rt.helm_binary()
         r = self.release
         if helm is None:
             notes = []
             try:  # did an operator run the command? (helm's release Secret says so; a short look only)
-                revision = deployed_without_helm(self.kube(rt, Deadline(min(10.0, self.timeout))), r)
+                revision = deployed_without_helm(rt.kube(), r, deadline.within(HELM_CHECK_SECONDS))
             except ApplyError as e:
                 revision = None
                 notes.append(f"could not check whether the release is deployed already: {e}")
             if revision is not None:
-                return StepResult("done", f"release {r.namespace}/{r.release}: {r.chart_name} {r.version} deployed "
-                                          f"(revision {revision}, installed outside the agent: no helm here)", changes)
+                return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {r.chart_name} {r.version} "
+                                                  f"deployed (revision {revision}, installed outside the agent: no "
+                                                  f"helm here)", changes)
             cmd = ["helm", *r.upgrade_args(values_file)]
-            return StepResult("pending", f"helm is not installed here: install release {r.namespace}/{r.release} "
-                                         f"by running the command (or set site.helm); the step notices the "
-                                         f"release once it is deployed", changes, notes, command=cmd)
+            return StepResult(StepState.PENDING, f"helm is not installed here: install release "
+                                                 f"{r.namespace}/{r.release} by running the command (or set "
+                                                 f"site.helm); the step notices the release once it is deployed",
+                              changes, notes, command=cmd)
         emit(f"helm upgrade --install {r.release} ({r.chart} {r.version})")
         what = upgrade_install(helm, r, values_file, helm_env(rt.state_dir / "helm-home" if rt.state_dir else None))
         if what != "unchanged":
             changes.append(f"helm {what} {r.namespace}/{r.release} {r.chart_name} {r.version}")
-        return StepResult("done", f"release {r.namespace}/{r.release}: {what}", changes)
+        return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {what}", changes)
 
 
 # ====================================================================== sql
 
-class SqlStep(Step):
+class SqlStep(ApplyStep):
     kind = "sql"
 
     def __init__(self, name: str, seed: SqlSeed, *, when: str = "always", timeout: float = 600.0,
@@ -304,20 +313,15 @@ class SqlStep(Step):
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
         from .mysql import seed
 
-        if self.when != "always":
-            k = rt.kube()
-            k.deadline = Deadline(self.timeout)
-            k.sleep = rt.sleep
-            why = self._skip_reason(rt)
-            if why:
-                return StepResult("skipped", f"skipped: {why}")
+        skip = self.skipped(rt)
+        if skip:
+            return skip
         if rt.site.mysql is None:
             raise ApplyError("sql: site.mysql is not set in the agent config (dsn + password_file)")
-        changes, unchanged = seed(rt.site.mysql, self.seed, Deadline(self.timeout), rt,
-                                  _emit(progress, self.name))
+        changes, unchanged = seed(rt.site.mysql, self.seed, Deadline(self.timeout), rt, _emit(progress, self.name))
         n = sum(len(t.rows) for t in self.seed.tables)
-        return StepResult("done", f"{n} row(s): {len(changes)} written, {unchanged} already up to date "
-                                  f"(one transaction)", changes)
+        return StepResult(StepState.DONE, f"{n} row(s): {len(changes)} written, {unchanged} already up to date "
+                                          f"(one transaction)", changes)
 
 
 # ====================================================================== warm-up
@@ -350,24 +354,21 @@ class WarmupStep(KubeStep):
             return skip
         emit = _emit(progress, self.name)
         try:
-            kube.resource(DATASET_API, DATASET_KIND, wait=5)
+            kube.resource(DATASET_API, DATASET_KIND, deadline, wait=5)
         except ApplyError:
             raise ApplyError(f"the Dataset API ({DATASET_CRD}) is not installed: install the BaizeAI dataset chart "
                              f"(a chart step before this one; if it is pending, run its command) and re-run") from None
-        outcomes = []
+        tally = _Tally()
         for o in (self.namespace, self.dataset):
-            res = kube.apply(o)
-            outcomes.append((res.op, str(res.key)))
-            emit(f"{res.op} {res.key}")
-        summary, changes = _tally(outcomes)
+            tally.apply(rt.applier(), o, deadline, emit)
         if not self.wait:
-            return StepResult("done", summary, changes)
+            return StepResult(StepState.DONE, tally.summary, tally.changes)
         md = self.dataset["metadata"]
         key = key_of(self.dataset)
         last = ""
         delays = poll_delays(rt.poll_interval)
         while True:
-            live = kube.get(DATASET_API, DATASET_KIND, md["name"], md["namespace"])
+            live = kube.get(DATASET_API, DATASET_KIND, md["name"], md["namespace"], deadline)
             if live is None:
                 raise ApplyError(f"{key} disappeared while waiting for it")
             ready, msg = dataset_readiness(live)
@@ -375,7 +376,7 @@ class WarmupStep(KubeStep):
                 emit(f"{key}: {msg}", 1 if ready else 0, 1)
                 last = msg
             if ready:
-                return StepResult("done", f"{key} READY ({summary})", changes,
+                return StepResult(StepState.DONE, f"{key} READY ({tally.summary})", tally.changes,
                                   outputs={"dataset": str(key), "pvc": (live.get("status") or {}).get("pvcName")})
             if deadline.expired:
                 raise ApplyError(f"timed out after {self.timeout:.0f}s waiting for {key} to be READY ({msg}); "
@@ -397,14 +398,16 @@ class WaitForStep(KubeStep):
         return [self._action("wait", str(key_of(t)), "ready") for t in self.targets]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
+        from .wait import wait_ready
+
         deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
         emit = _emit(progress, self.name)
-        outputs = kube.wait_ready([kube.normalize(copy.deepcopy(t)) for t in self.targets], deadline,
-                                  lambda m, d, t: emit(m, d, t), rt.poll_interval)
+        outputs = wait_ready(kube, [kube.normalize(copy.deepcopy(t), deadline) for t in self.targets], deadline,
+                             emit, rt.poll_interval)
         lines = [f"{k}: {', '.join(v.get('addresses', []))}" for k, v in outputs.items() if v.get("addresses")]
-        return StepResult("done", f"{len(self.targets)} ready" + (f"; {'; '.join(lines)}" if lines else ""),
+        return StepResult(StepState.DONE, f"{len(self.targets)} ready" + (f"; {'; '.join(lines)}" if lines else ""),
                           outputs=outputs)
 
 
@@ -445,23 +448,20 @@ class TlsStep(KubeStep):
         return SiteCA(rt.tls_dir, rt.site.cluster_name).leaf(f"{self.namespace}-{self.secret}", self.hosts)
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        _, kube, skip = self.begin(rt)
+        deadline, kube, skip = self.begin(rt)
         if skip:
             return skip
         emit = _emit(progress, self.name)
         m = self.material(rt)
-        outcomes = []
-        if kube.get("v1", "Namespace", self.namespace) is None:
-            res = kube.apply(mark_ours(namespace_object(self.namespace), self.bundle))
-            outcomes.append((res.op, str(res.key)))
+        tally = _Tally()
+        if kube.get("v1", "Namespace", self.namespace, deadline=deadline) is None:
+            tally.apply(rt.applier(), mark_ours(namespace_object(self.namespace), self.bundle), deadline)
         secret = mark_ours({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                             "metadata": {"name": self.secret, "namespace": self.namespace},
                             "data": {"tls.crt": base64.b64encode(m.cert_pem).decode(),
                                      "tls.key": base64.b64encode(m.key_pem).decode()}}, self.bundle)
-        res = kube.apply(secret)
-        outcomes.append((res.op, str(res.key)))
-        emit(f"{res.op} {res.key}")
-        _, changes = _tally(outcomes)
+        op = tally.apply(rt.applier(), secret, deadline, emit)
+        changes = tally.changes
         if m.issued:
             changes.insert(0, f"issued a certificate for {', '.join(m.hosts)} (site CA, valid until "
                               f"{m.not_after:%Y-%m-%d})")
@@ -473,8 +473,8 @@ class TlsStep(KubeStep):
             outputs["caSha256"] = fp
             notes.append(f"clients must trust the site CA to reach https://{m.hosts[0]}/ without warnings: "
                          f"`hydra-bundle agent ca > hydra-site-ca.pem` (SHA-256 {fp})")
-        return StepResult("done", f"{self.key}: {res.op} (certificate for {', '.join(m.hosts)} from {m.source}, "
-                                  f"valid until {m.not_after:%Y-%m-%d})", changes, notes, outputs=outputs)
+        return StepResult(StepState.DONE, f"{self.key}: {op} (certificate for {', '.join(m.hosts)} from {m.source}, "
+                                          f"valid until {m.not_after:%Y-%m-%d})", changes, notes, outputs=outputs)
 
 
 # ====================================================================== prune
@@ -493,16 +493,9 @@ class PruneStep(KubeStep):
                              f"Namespaces or CRDs)")]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
-        deadline = Deadline(self.timeout)
-        kube = self.kube(rt, deadline)
+        deadline, kube, _ = self.begin(rt)
         emit = _emit(progress, self.name)
-        keep: set[ObjKey] = set()
-        for key, api_version in self.keep:
-            keep.add(key)
-            try:
-                keep.add(kube.normalize_key(key, api_version))
-            except ApplyError:
-                pass  # kind unknown to the server (e.g. a pending chart's CRD): nothing of it to prune
-        deleted, kept = kube.prune(self.bundle.name, keep, lambda m: emit(m))
-        return StepResult("done", f"{len(deleted)} deleted" + (f", {len(kept)} left for an operator" if kept else ""),
-                          [f"deleted {d}" for d in deleted], kept)
+        deleted, kept = prune(kube, self.bundle.name, self.keep, deadline, emit)
+        return StepResult(StepState.DONE, f"{len(deleted)} deleted"
+                          + (f", {len(kept)} left for an operator" if kept else ""), [f"deleted {d}" for d in deleted],
+                          kept)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .base import ApplyError
+from ..errors import ApplyError
 
 CA_DAYS = 3650
 LEAF_DAYS = 825

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ApplyError
-from .deploy_spec import SiteConfig, Warmup
+from ..errors import ApplyError
+from ..spec.deploy import Warmup
+from .site import SiteConfig
 
 DATASET_API = "dataset.baizeai.io/v1alpha1"
 DATASET_KIND = "Dataset"
@@ -33,10 +34,6 @@ def dataset_object(w: Warmup, site: SiteConfig) -> dict[str, Any]:
             "volumeClaimTemplate": {"spec": {"storageClassName": w.storage_class or site.storage_class}},
         },
     }
-
-
-def namespace_object(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
 def dataset_readiness(live: dict[str, Any]) -> tuple[bool, str]:

@@ -23,20 +23,20 @@ from ..bundle import index as ix
 from ..bundle.parts import WrittenPart, plan_split
 from ..bundle.sign import load_private_key, sign
 from ..bundle.writer import write_bundle, write_parts
-from ..digest import CHUNK, canonical_json, ensure_free_space, sha256_bytes
-from ..errors import DigestMismatch, SourceError, UsageError
-from ..httpio import Cancelled, tls_verify
+from ..digest import CHUNK, canonical_json, sha256_bytes
+from ..disk import ensure_free_space
+from ..errors import Cancelled, DigestMismatch, SourceError, UsageError
+from ..httpio import tls_verify
 from ..oci import mediatypes as mt
 from ..oci.client import RegistryClient
+from ..oci.layout import OCI_LAYOUT
 from ..progress import QuietReporter, Reporter
 from ..spec.model import BundleSpec
 from .cache import BlobCache
-from .daemon import DaemonImageSource
+from .context import BlobTask, Context, Finished
 from .delta import load_inventory, omit_present
-from .plan import BlobTask, Context, Finished
-from .sources import ChartSource, FileSource, ImageSource, ModelSource, Source
+from .sources import make_sources
 
-OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 DIRECT_MIN = 1 << 20  # --direct: smaller blobs still go through the cache (cheap, and rebuilds reuse them)
 
 
@@ -134,17 +134,6 @@ def load_lock(path: Path) -> dict[str, Any]:
     return data
 
 
-def make_sources(spec: BundleSpec, ctx: Context) -> list[Source]:
-    out: list[Source] = []
-    out += [DaemonImageSource(s, ctx) if s.ref.startswith("docker-daemon:") else ImageSource(s, ctx)
-            for s in spec.images]
-    out += [ChartSource(s, ctx) for s in spec.charts]
-    out += [FileSource(s, ctx, "manifests") for s in spec.manifests]
-    out += [FileSource(s, ctx, "files") for s in spec.files]
-    out += [ModelSource(s, ctx) for s in spec.models]
-    return out
-
-
 class Builder:
     def __init__(self, spec: BundleSpec, opts: BuildOptions, reporter: Reporter | None = None):
         self.spec = spec
@@ -228,16 +217,16 @@ class Builder:
         Returns the tasks still to bring into the cache."""
         rest = []
         for t in tasks:
-            known = t.digest is not None and t.size is not None
-            if known and self.site is not None and self.site.get(t.digest) == t.size \
-                    and not self.cache.has(t.digest, t.size):
-                t.result = (t.digest, t.size)  # type: ignore[assignment]
-                self.sizes[t.digest] = t.size  # type: ignore[index]
-            elif known and self.opts.direct and t.fetch_into is not None and not self.cache.has(t.digest, t.size) \
-                    and t.size >= DIRECT_MIN:  # type: ignore[operator]
-                t.result = (t.digest, t.size)  # type: ignore[assignment]
-                self.sizes[t.digest] = t.size  # type: ignore[index]
-                self.direct[t.digest] = t  # type: ignore[index]
+            digest, size = t.digest, t.size
+            if digest is None or size is None or self.cache.has(digest, size):
+                rest.append(t)
+            elif self.site is not None and self.site.get(digest) == size:
+                t.result = (digest, size)
+                self.sizes[digest] = size
+            elif self.opts.direct and t.fetch_into is not None and size >= DIRECT_MIN:
+                t.result = (digest, size)
+                self.sizes[digest] = size
+                self.direct[digest] = t
             else:
                 rest.append(t)
         return rest
@@ -247,7 +236,9 @@ class Builder:
         stop = threading.Event()
 
         def run(blob: ix.Blob, offset: int) -> None:
-            self.direct[blob.digest].fetch_into(fd, offset, self.rep.advance, stop)  # type: ignore[misc]
+            fetch_into = self.direct[blob.digest].fetch_into
+            assert fetch_into is not None
+            fetch_into(fd, offset, self.rep.advance, stop)
             with self._count:
                 self.downloaded += blob.size
 
@@ -425,10 +416,3 @@ def hash_segments(index: ix.BundleIndex, blob_path: Callable[[str], Path],
         got = "sha256:" + whole.hexdigest()
         if got != blob:
             raise DigestMismatch(blob, blob, got)
-
-
-def load_build_spec(path: Path) -> BundleSpec:
-    from ..spec import load_spec
-
-    return load_spec(path)
-

@@ -18,8 +18,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..digest import CHUNK, BlobDir
+from ..digest import CHUNK
 from ..errors import DigestMismatch
+from ..oci.layout import BlobDir
 
 
 def default_cache_dir() -> Path:

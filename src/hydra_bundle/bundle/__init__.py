@@ -6,6 +6,8 @@ Layout of a bundle (one uncompressed tar, see docs/bundle-format.md):
   3. ``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``: an OCI image layout
 """
 
+from typing import Final
+
 INDEX_NAME = "hydra-bundle.json"
 SIG_NAME = "hydra-bundle.json.sig"
 LAYOUT_NAME = "oci-layout"
@@ -13,4 +15,4 @@ LAYOUT_INDEX_NAME = "index.json"
 BLOB_PREFIX = "blobs/sha256/"
 SEGMENT_PREFIX = "segments/sha256/"
 PART_NAME = "hydra-bundle.part.json"
-FORMAT = "hydra-bundle/v1"
+FORMAT: Final = "hydra-bundle/v1"

@@ -9,15 +9,17 @@ every part verifies alone.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import canonical_json
+from ..disk import fsync_dir
 from ..errors import UsageError
 from . import INDEX_NAME, PART_NAME, SEGMENT_PREFIX, SIG_NAME
 from .index import Blob, BundleIndex, Part, Parts, Segment
-from .tario import BLOCK, RECORD, TarWriter
+from .tarwriter import BLOCK, RECORD, TarWriter
 
 FAT32_MAX = (4 << 30) - 1
 DVD_SIZE = 4_700_372_992
@@ -147,10 +149,6 @@ class WrittenPart:
 
 def write_sums(directory: Path, entries: list[tuple[str, str]]) -> Path:
     """``SHA256SUMS`` in ``sha256sum -c`` format (``<hex>  <name>``), merged with an existing file's lines."""
-    import os
-
-    from ..digest import fsync_dir
-
     path = directory / "SHA256SUMS"
     lines: dict[str, str] = {}
     if path.exists():

@@ -19,7 +19,7 @@ from ..errors import VerifyError
 from . import INDEX_NAME, PART_NAME, SIG_NAME
 from .index import MAX_INDEX_BYTES, BundleIndex
 from .sign import key_id, verify
-from .tario import Entry, TarReader
+from .tarreader import Entry, TarReader
 
 MAX_SIG_BYTES = 4096
 

@@ -12,12 +12,13 @@ import os
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from ..digest import ensure_free_space, fsync_dir, sha256_bytes
+from ..digest import sha256_bytes
+from ..disk import ensure_free_space, fsync_dir
 from ..errors import HydraError
 from . import INDEX_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, PART_NAME, SIG_NAME
 from .index import Blob, BundleIndex
 from .parts import WrittenPart, part_json, part_names, part_size, write_sums
-from .tario import TarWriter
+from .tarwriter import TarWriter
 
 
 def bundle_size(index: BundleIndex, index_bytes: bytes, sig: bytes | None) -> int:

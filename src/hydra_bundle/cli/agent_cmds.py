@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from ..agent.config import load_config
-from ..digest import human_bytes
+from ..disk import human_bytes
+from ..states import BundleState, Outcome
 from .agent_common import config_option, open_journal
 from .common import emit_json, handle_errors
 
@@ -57,7 +58,7 @@ def ingest_cmd(file: Path, config_path: Path | None, as_json: bool) -> None:
         what = f"{res.name} {res.version}" if res.name else str(file)
         extra = f" ({res.reason}: {res.detail})" if res.reason or res.detail else ""
         click.echo(f"{res.state}: {what}{extra}")
-    sys.exit(0 if res.state in ("complete", "duplicate") else 1)
+    sys.exit(0 if res.state in (Outcome.COMPLETE, Outcome.DUPLICATE) else 1)
 
 
 @agent_group.command("status")
@@ -68,9 +69,11 @@ def ingest_cmd(file: Path, config_path: Path | None, as_json: bool) -> None:
 def status_cmd(config_path: Path | None, as_json: bool, verbose: bool) -> None:
     """What is on this site: bundles with version, sequence, digest, state, steps (with what the apply steps
     changed, their notes and outputs, e.g. the /etc/hosts line for the gateway) and components."""
+    from ..agent.status import bundle_status
+
     cfg = load_config(config_path)
     _, j = open_journal(cfg)
-    bundles = j.status()
+    bundles = bundle_status(j)
     if as_json:
         emit_json({"bundles": bundles})
         return
@@ -140,7 +143,7 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
         "format": "hydra-bundle-inventory/v1",
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "bundles": [{"name": b.name, "version": b.version, "sequence": b.sequence, "digest": b.id}
-                    for b in j.bundles(("complete",))],
+                    for b in j.bundles((BundleState.COMPLETE,))],
         "blobs": [{"digest": d, "size": s} for d, s in blobs],
     }
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

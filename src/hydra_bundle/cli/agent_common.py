@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from ..agent.config import CONFIG_ENV, DEFAULT_CONFIG, AgentConfig
-from ..agent.journal import QUARANTINED, BundleRow, Database, Journal
+from ..agent.db import Database
+from ..agent.journal import BundleRow, Journal
 from ..errors import UsageError
+from ..states import BundleState
 
 config_option = click.option(
     "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -19,7 +21,9 @@ config_option = click.option(
 def open_journal(cfg: AgentConfig) -> tuple[Database, Journal]:
     if not cfg.journal_path.exists():
         raise UsageError(f"{cfg.journal_path}: no state yet (has the agent run with this config?)")
-    db = Database(cfg.journal_path, readonly=not os.access(cfg.journal_path, os.W_OK))
+    from ..agent.schema import open_database
+
+    db = open_database(cfg.journal_path, readonly=not os.access(cfg.journal_path, os.W_OK))
     return db, Journal(db)
 
 
@@ -31,9 +35,10 @@ def find_bundle(j: Journal, ref: str, version: str | None = None) -> BundleRow:
         by_digest = [r for r in rows if r.id.removeprefix("sha256:").startswith(hexref)]
         if len(by_digest) == 1:
             return by_digest[0]
-    named = [r for r in rows if r.name == ref and r.state != QUARANTINED and (version is None or r.version == version)]
+    named = [r for r in rows if r.name == ref and r.state != BundleState.QUARANTINED
+             and (version is None or r.version == version)]
     if not named:
-        known = sorted({f"{r.name} {r.version}" for r in rows if r.state != QUARANTINED})
+        known = sorted({f"{r.name} {r.version}" for r in rows if r.state != BundleState.QUARANTINED})
         what = f"{ref} {version}" if version else ref
         raise UsageError(f"no bundle {what!r} on this site" + (f" (known: {', '.join(known)})" if known else ""))
     return max(named, key=lambda r: (r.sequence or 0, r.received_at or 0))

@@ -13,18 +13,19 @@ from typing import Any
 import click
 
 from ..agent.config import AgentConfig, load_config
-from ..agent.deploy import NO_SITE, PREFIX
-from ..apply.deploy_spec import SiteConfig
+from ..agent.deploy import NO_SITE_SHORT, PREFIX
+from ..apply.site import SiteConfig
 from ..bundle.index import BundleIndex
-from ..digest import blob_path
 from ..errors import UsageError
+from ..oci.layout import blob_path
+from ..states import Outcome
 from .agent_common import config_option, find_bundle, open_journal
 from .common import emit_json, handle_errors
 
 
 def _site(cfg: AgentConfig, what: str) -> SiteConfig:
     if cfg.site is None:
-        raise UsageError(f"{what}: {NO_SITE.split(' (')[0]}; site values are needed (see systemd/agent.example.yaml)")
+        raise UsageError(f"{what}: {NO_SITE_SHORT}; site values are needed (see systemd/agent.example.yaml)")
     return cfg.site
 
 
@@ -61,14 +62,14 @@ def _from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str
                 need.discard(m.digest)
                 if not need:
                     break
-        info = {"digest": ob.digest, "signer": ob.signer, "file": str(path)}
+        info: dict[str, Any] = {"digest": ob.digest, "signer": ob.signer, "file": str(path)}
 
     def read(digest: str) -> bytes:
         try:
             return blobs[digest]
         except KeyError:
             raise UsageError(f"{digest} is not in the bundle") from None
-    return idx, info["digest"], info, read
+    return idx, ob.digest, info, read
 
 
 def _from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
@@ -152,7 +153,7 @@ def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Pat
                                                               if res.reason and res.detail else ""))
         for s in steps:
             click.echo(f"    {s.name:<28} {s.state:<8} {s.detail or ''}")
-    sys.exit(0 if res.state == "complete" else 1)
+    sys.exit(0 if res.state == Outcome.COMPLETE else 1)
 
 
 @click.command("mirror-config")
@@ -168,12 +169,13 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
     site registry (images Hydra references at runtime, e.g. the vllm-openai CPU image, included).
 
     Printed as `# ==> PATH <==` headers followed by the file content (each file is valid TOML)."""
-    from ..apply.rewrite import CRIO_FILE, site_mirror_files
+    from ..agent.published import Published
+    from ..apply.mirrors import CRIO_FILE, site_mirror_files
 
     cfg = load_config(config_path)
     site = _site(cfg, "agent mirror-config")
     db, _ = open_journal(cfg)
-    refs = [r["ref"] for r in db.query("SELECT DISTINCT ref FROM refs WHERE kind='image' ORDER BY ref")]
+    refs = Published(db).image_refs()
     if not refs:
         click.echo("no images are published yet", err=True)
         return

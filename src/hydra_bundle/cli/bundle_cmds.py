@@ -7,49 +7,16 @@ from pathlib import Path
 
 import click
 
-from ..builder.build import Builder, BuildOptions, lock_path_for
-from ..builder.cache import default_cache_dir
+from ..builder.build import Builder, lock_path_for
 from ..bundle.parts import describe, parse_split
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
-from ..digest import human_bytes
+from ..disk import human_bytes
 from ..errors import UsageError, VerifyError
-from ..oci.client import parse_insecure, parse_mirrors
 from ..spec import load_spec
 from ..spec.buildvars import parse_sets
 from .common import emit_json, handle_errors, reporter
-
-_source_options = [
-    click.option("--insecure-registry", "insecure", multiple=True, metavar="HOST:PORT",
-                 help="Reach this registry over plain HTTP (repeatable)."),
-    click.option("--mirror", "mirrors", multiple=True, metavar="SRC=DST",
-                 help="Pull SRC registry content through DST (host[:port][/prefix]); repeatable."),
-    click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
-                 help="Content-addressed blob cache [default: ~/.cache/hydra-bundle]."),
-    click.option("--platform", "platforms", multiple=True, metavar="OS/ARCH",
-                 help="Override the spec's platforms (repeatable), e.g. --platform linux/arm64."),
-    click.option("--jobs", "-j", type=click.IntRange(1, 32), default=4, show_default=True,
-                 help="Parallel downloads."),
-    click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
-                 help="CA bundle for HTTPS registries and servers."),
-    click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
-                 help="Value of a build variable declared under `vars:` in the spec (repeatable)."),
-    click.option("--quiet", "-q", is_flag=True, help="No progress output."),
-    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
-]
-
-
-def source_options(fn):  # type: ignore[no-untyped-def]
-    for opt in reversed(_source_options):
-        fn = opt(fn)
-    return fn
-
-
-def _options(cache_dir: Path | None, insecure: tuple[str, ...], mirrors: tuple[str, ...],
-             platforms: tuple[str, ...], jobs: int, tls_ca: str | None, **kw: object) -> BuildOptions:
-    return BuildOptions(cache_dir=cache_dir or default_cache_dir(), insecure=parse_insecure(insecure),
-                        mirrors=parse_mirrors(mirrors), platforms=list(platforms) or None, jobs=jobs,
-                        verify_tls=tls_ca or True, **kw)  # type: ignore[arg-type]
+from .options import build_options, source_options
 
 
 @click.command("keygen")
@@ -91,7 +58,7 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
     if out.is_dir() or not out.parent.is_dir():  # refuse before downloading anything
         raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
-    opts = _options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
+    opts = build_options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
                     split=parse_split(split) if split else None, site_inventory=site_inventory, direct=direct,
                     **src)  # type: ignore[arg-type]
     rep = reporter(quiet, as_json)
@@ -128,7 +95,7 @@ def lock_cmd(spec: Path, lock_file: Path | None, quiet: bool, as_json: bool, **s
     path = lock_file or lock_path_for(spec)
     rep = reporter(quiet, as_json)
     try:
-        data = Builder(s, _options(**src), rep).lock(path)  # type: ignore[arg-type]
+        data = Builder(s, build_options(**src), rep).lock(path)  # type: ignore[arg-type]
     finally:
         rep.close()
     if as_json:

@@ -14,7 +14,8 @@ import click
 from ..bundle.index import BundleIndex
 from ..bundle.parts import write_sums
 from ..bundle.reader import open_bundle
-from ..digest import CHUNK, ensure_free_space, fsync_dir, human_bytes
+from ..digest import CHUNK
+from ..disk import ensure_free_space, fsync_dir, human_bytes
 from ..errors import HydraError, VerifyError
 from .common import emit_json, handle_errors
 

@@ -14,14 +14,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin
 
 import httpx
 
 from .. import __version__
 from ..digest import CHUNK
-from ..errors import AuthError, DigestMismatch, NotFound, SourceError, UsageError
+from ..errors import AuthError, DigestMismatch, NotFound, SourceError
 from ..httpio import Body, HttpxBody, download, fast_get, tls_verify
 from . import mediatypes as mt
 from .auth import Credential, CredentialStore, TokenCache, parse_challenge
@@ -40,7 +40,10 @@ class Manifest:
     digest: str
 
     def json(self) -> dict[str, Any]:
-        return json.loads(self.data)
+        body = json.loads(self.data)
+        if not isinstance(body, dict):
+            raise SourceError(f"{self.digest}: manifest is not a JSON object")
+        return body
 
     @property
     def is_index(self) -> bool:
@@ -238,7 +241,8 @@ class RegistryClient:
             return None
         if resp.status_code != 200:
             raise self._fail(resp, str(ref))
-        return resp.headers.get("Docker-Content-Digest")
+        digest = resp.headers.get("Docker-Content-Digest")
+        return str(digest) if digest else None
 
     def put_manifest(self, registry: str, repository: str, reference: str, data: bytes, media_type: str) -> str:
         resp = self.request("PUT", registry, repository, f"manifests/{reference}", push=True,
@@ -342,10 +346,10 @@ class RegistryClient:
         loc = resp.headers.get("Location")
         if not loc:
             raise SourceError(f"{registry}: upload response without Location")
-        return urljoin(self.endpoint(registry).base + "/", loc)
+        return urljoin(self.endpoint(registry).base + "/", str(loc))
 
 
-def _file_slice(f: Any, offset: int, n: int, progress: Progress | None) -> Iterator[bytes]:
+def _file_slice(f: BinaryIO, offset: int, n: int, progress: Progress | None) -> Iterator[bytes]:
     f.seek(offset)
     remaining = n
     while remaining:
@@ -356,30 +360,3 @@ def _file_slice(f: Any, offset: int, n: int, progress: Progress | None) -> Itera
         if progress:
             progress(len(chunk))
         yield chunk
-
-
-def parse_insecure(values: Iterable[str]) -> set[str]:
-    out = set()
-    for v in values:
-        if "/" in v or not v:
-            raise UsageError(f"--insecure-registry {v!r}: expected HOST:PORT")
-        out.add(v)
-    return out
-
-
-def parse_mirrors(values: Iterable[str]) -> dict[str, str]:
-    """``REGISTRY=HOST[:PORT][/PREFIX]`` for registries; ``URLPREFIX=URLPREFIX`` (both http[s]://) for files,
-    charts and models fetched over HTTP (Artifactory/Nexus generic remotes, hf-mirror)."""
-    out = {}
-    for v in values:
-        src, sep, dst = v.partition("=")
-        src, dst = src.strip(), dst.strip()
-        if not sep or not src or not dst:
-            raise UsageError(f"--mirror {v!r}: expected SRC=DST, e.g. docker.io=harbor.example.com/dockerhub")
-        if "://" in src:
-            if "://" not in dst:
-                raise UsageError(f"--mirror {v!r}: a URL prefix must map to a URL prefix")
-            out[src] = dst
-        else:
-            out[src] = dst.removeprefix("https://").removeprefix("http://").rstrip("/")
-    return out

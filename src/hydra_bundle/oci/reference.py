@@ -74,9 +74,6 @@ class Reference:
     def with_digest(self, digest: str) -> Reference:
         return Reference(self.registry, self.repository, self.tag, digest)
 
-    def with_registry(self, registry: str) -> Reference:
-        return Reference(registry, self.repository, self.tag, self.digest)
-
     def __str__(self) -> str:
         out = self.name
         if self.tag:

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..errors import SpecError
+from .yamlmodel import LineOf, fmt_loc
 
 _VAR = re.compile(r"\$\{vars\.([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -27,7 +28,7 @@ def parse_sets(values: tuple[str, ...] | list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(data: Any, given: dict[str, str], fname: str, line_of: Any, use_examples: bool = False
+def resolve(data: Any, given: dict[str, str], fname: str, line_of: LineOf, use_examples: bool = False
             ) -> tuple[Any, list[str]]:
     """Substitute ``${vars.NAME}`` in ``data``. Returns (data, names that used their ``example``)."""
     if not isinstance(data, dict):
@@ -79,6 +80,4 @@ def resolve(data: Any, given: dict[str, str], fname: str, line_of: Any, use_exam
 
 
 def _fmt(loc: tuple[str | int, ...]) -> str:
-    from .load import fmt_loc
-
     return fmt_loc(loc)

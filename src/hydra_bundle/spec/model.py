@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ..apply.deploy_spec import DeploySpec
 from ..errors import UsageError
 from ..oci.reference import Reference
+from .deploy import DeploySpec
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
@@ -257,7 +257,7 @@ class BundleSpec(_Strict):
     manifests: list[ManifestSpec] = []
     files: list[FileSpec] = []
     models: list[ModelSpec] = []
-    deploy: DeploySpec | None = None  # the agent's apply steps, in order (apply/deploy_spec.py)
+    deploy: DeploySpec | None = None  # the agent's apply steps, in order (spec/deploy.py)
     vars: dict[str, BuildVar] = {}
 
     _path: Path | None = PrivateAttr(None)
@@ -292,7 +292,8 @@ class BundleSpec(_Strict):
                 out.append((("images", i, "ref"), f"{img.ref!r} already listed as images[{refs[key]}]"))
             refs.setdefault(key, i)
         if self.deploy is not None:
-            out += self.deploy.cross_checks(self)
+            out += self.deploy.cross_checks({m.name for m in self.manifests}, {c.name for c in self.charts},
+                                            {m.name for m in self.models})
         return out
 
     @property

@@ -1,21 +1,14 @@
-"""The step mechanism: every admitted bundle gets an ordered plan of named steps, journaled one by one.
-
-A *planner* looks at a verified bundle index (and the agent config) and returns the steps that bundle
-needs, each a :class:`StepDef` with a unique, stable name and a ``run`` function. The plan is the
-concatenation of every planner's steps in :func:`_planners` order::
-
-    ingest    (agent.ingest)    copy every member into the content store, verifying each blob
-    publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
-    push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
-    apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
+"""The step runner: every admitted bundle has an ordered list of named steps (``pipeline.step_defs``), each a
+:class:`StepDef` with a unique, stable name and a ``run`` function; this module runs them and journals each.
 
 Runner rules (:func:`run_steps`): steps run in order; ``done``/``skipped`` steps are never run again; a step
 found ``running`` after a crash is run again, so every step must be idempotent (check, then act). A step
 returns a short detail string (shown by ``agent status``) and may set ``ctx.result`` (JSON kept with the step).
 It raises :class:`SkipStep` to record ``skipped``; :class:`StepPending` to record ``pending`` — **the runner
 then goes on with the next step** (a pending step waits for an operator, e.g. a helm command; it must not hold
-back independent steps; a later step that really needs it fails with its own message); :class:`Interrupted`
-when the agent stops (the step stays pending and the run ends); a :class:`~hydra_bundle.errors.VerifyError`
+back independent steps; a later step that really needs it fails with its own message); it is cancelled
+(:class:`~hydra_bundle.errors.Cancelled`) when the agent stops (the step stays pending and the run ends); a
+:class:`~hydra_bundle.errors.VerifyError`
 to refuse the bundle (quarantine); any other :class:`~hydra_bundle.errors.HydraError`/``OSError``/``sqlite3.Error``
 marks the step ``failed`` and ends the run with the bundle ``failed``. At the end: any failure → ``failed``; else
 any pending step → ``waiting`` (the bundle detail lists each pending step with its command); else ``complete``.
@@ -24,7 +17,7 @@ pending steps (in order, same rules).
 
 Failures of the runner's own journal writes (``step_started``, ``step_finished``, ``set_state``) are failures of
 the step they are about, handled the same way (:func:`_failed`) — never an exception that leaves the bundle
-``running``. A disk-full error anywhere (:func:`~hydra_bundle.agent.journal.disk_full`: ENOSPC or SQLITE_FULL)
+``running``. A disk-full error anywhere (:func:`~hydra_bundle.disk.disk_full`: ENOSPC or SQLITE_FULL)
 releases the store's journal reserve first and reads ``disk full while publishing: …``; before each step the
 reserve is made again, and while it cannot be the step fails up front (``Store.keep_reserve``), so a full disk
 keeps the bundle ``failed`` with that reason until space exists, then the next retry goes on. If even recording
@@ -40,8 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HydraError, VerifyError
-from .journal import COMPLETE, DONE, FAILED, PENDING, SKIPPED, STEP_FAILED, WAITING, Journal, disk_full
+from ..disk import disk_full
+from ..errors import Cancelled, HydraError, VerifyError
+from ..states import FINISHED, BundleState, Outcome, StepState
+from .journal import Journal
 
 if TYPE_CHECKING:
     from ..bundle.index import BundleIndex
@@ -65,10 +60,6 @@ class Blocked(StepPending):
     out): the step stays ``pending``, the bundle ``waiting`` with this detail, and the run ends here."""
 
 
-class Interrupted(Exception):
-    """The agent is stopping; the step stays pending and resumes on the next start."""
-
-
 @dataclass
 class StepContext:
     """What a step gets. ``opened`` is the bundle file, verified up to its signature (None when the agent
@@ -84,7 +75,9 @@ class StepContext:
     stop: threading.Event = field(default_factory=threading.Event)
     progress: Callable[[int], None] = lambda _n: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("hydra_bundle.agent"))
-    scratch: dict[str, Any] = field(default_factory=dict)   # shared between steps of one run
+    explicit: bool = False     # an operator's `agent apply`: even a superseded bundle is applied
+    added: list[str] = field(default_factory=list)          # blobs this run added to the store (removed on refusal)
+    scratch: dict[str, object] = field(default_factory=dict)  # a step's own state kept for later steps of the run
     status: Callable[[str], None] = lambda _s: None         # what the agent is doing (systemd STATUS=)
     result: dict[str, Any] | None = None                    # set by a step: structured result kept in the journal
     cleanups: list[Callable[[], None]] = field(default_factory=list)   # run when the run ends
@@ -92,7 +85,7 @@ class StepContext:
 
     def check_stop(self) -> None:
         if self.stop.is_set():
-            raise Interrupted()
+            raise Cancelled("the agent is stopping")
 
     def close(self) -> None:
         while self.cleanups:
@@ -109,36 +102,14 @@ class StepDef:
     run: Callable[[StepContext], str | None]
 
 
-Planner = Callable[["BundleIndex", "AgentConfig"], list[StepDef]]
-
-
-def _planners() -> list[Planner]:
-    """The pipeline, in order: ingest, publish, push, apply (``agent.deploy``)."""
-    from . import deploy, ingest, publish, push
-
-    return [ingest.plan, publish.plan, push.plan, deploy.plan]
-
-
-def plan(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
-    out: list[StepDef] = []
-    seen: set[str] = set()
-    for planner in _planners():
-        for s in planner(index, config):
-            if s.name in seen:
-                raise ValueError(f"step name {s.name!r} planned twice")
-            seen.add(s.name)
-            out.append(s)
-    return out
-
-
 @dataclass
-class Outcome:
-    state: str                 # complete | failed | waiting | interrupted
+class RunResult:
+    state: Outcome             # COMPLETE | FAILED | WAITING | INTERRUPTED
     step: str | None = None
     detail: str | None = None
 
 
-def run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
+def run_steps(ctx: StepContext, defs: list[StepDef]) -> RunResult:
     """Run the unfinished steps of a bundle in order (module docstring). VerifyError propagates (the caller
     quarantines)."""
     try:
@@ -173,7 +144,7 @@ def failure_message(step: str | None, e: BaseException) -> str:
     return msg
 
 
-def _failed(ctx: StepContext, step: str | None, e: BaseException) -> Outcome:
+def _failed(ctx: StepContext, step: str | None, e: BaseException) -> RunResult:
     """Record that ``step`` failed (``None``: a journal write after the last step) and end the run ``failed``.
     When the journal cannot take even this, keep it in ``journal.fallback`` and memory and say so in the log."""
     if disk_full(e):
@@ -183,31 +154,31 @@ def _failed(ctx: StepContext, step: str | None, e: BaseException) -> Outcome:
     ctx.log.error("step failed", extra=_kv(ctx, step=step, error=msg))
     try:
         if step is not None:
-            ctx.journal.step_finished(ctx.bundle_id, step, STEP_FAILED, msg, ctx.result)
-        ctx.journal.set_state(ctx.bundle_id, FAILED, "step-failed", detail)
+            ctx.journal.step_finished(ctx.bundle_id, step, StepState.FAILED, msg, ctx.result)
+        ctx.journal.set_state(ctx.bundle_id, BundleState.FAILED, "step-failed", detail)
     except (sqlite3.Error, OSError) as je:
         kept = ctx.journal.note_failure(ctx.bundle_id, step, "step-failed", detail, msg)
         ctx.log.error("cannot record the failure in the journal", extra=_kv(
             ctx, step=step, error=msg, journal_error=str(je),
-            kept_in=str(ctx.journal.db.fallback_path) if kept else "memory only (see this log)"))
-    return Outcome(FAILED, step, msg)
+            kept_in=str(ctx.journal.fallback.path) if kept else "memory only (see this log)"))
+    return RunResult(Outcome.FAILED, step, msg)
 
 
 def _kv(ctx: StepContext, **kv: Any) -> dict[str, Any]:
     return {"kv": {"bundle": ctx.index.name, "version": ctx.index.version, **kv}}
 
 
-def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
+def _run_steps(ctx: StepContext, defs: list[StepDef]) -> RunResult:
     j = ctx.journal
     ctx.step = None
     j.replan(ctx.bundle_id, [d.name for d in defs])
     states = {s.name: s.state for s in j.steps(ctx.bundle_id)}
     pending: list[tuple[str, str]] = []
     for d in defs:
-        if states.get(d.name) in (DONE, SKIPPED):
+        if states.get(d.name) in FINISHED:
             continue
         if ctx.stop.is_set():
-            return Outcome("interrupted", d.name)
+            return RunResult(Outcome.INTERRUPTED, d.name)
         ctx.step, ctx.result = d.name, None
         ctx.store.keep_reserve(doing(d.name))
         j.step_started(ctx.bundle_id, d.name)
@@ -216,33 +187,33 @@ def _run_steps(ctx: StepContext, defs: list[StepDef]) -> Outcome:
         try:
             detail = d.run(ctx)
         except SkipStep as e:
-            j.step_finished(ctx.bundle_id, d.name, SKIPPED, str(e) or None, ctx.result)
+            j.step_finished(ctx.bundle_id, d.name, StepState.SKIPPED, str(e) or None, ctx.result)
             ctx.log.info("step skipped", extra=_kv(ctx, step=d.name, detail=str(e)))
             continue
         except Blocked as e:
-            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None, ctx.result)
+            j.step_finished(ctx.bundle_id, d.name, StepState.PENDING, str(e) or None, ctx.result)
             ctx.log.warning("step blocked", extra=_kv(ctx, step=d.name, detail=str(e)))
-            j.set_state(ctx.bundle_id, WAITING, "blocked", f"{d.name}: {e}")
-            return Outcome(WAITING, d.name, f"{d.name}: {e}")
+            j.set_state(ctx.bundle_id, BundleState.WAITING, "blocked", f"{d.name}: {e}")
+            return RunResult(Outcome.WAITING, d.name, f"{d.name}: {e}")
         except StepPending as e:
-            j.step_finished(ctx.bundle_id, d.name, PENDING, str(e) or None, ctx.result)
+            j.step_finished(ctx.bundle_id, d.name, StepState.PENDING, str(e) or None, ctx.result)
             ctx.log.warning("step pending", extra=_kv(ctx, step=d.name, detail=str(e)))
             pending.append((d.name, str(e)))
             continue
-        except Interrupted:
-            j.step_finished(ctx.bundle_id, d.name, PENDING, "interrupted (agent stopping)")
-            return Outcome("interrupted", d.name)
+        except Cancelled:
+            j.step_finished(ctx.bundle_id, d.name, StepState.PENDING, "interrupted (agent stopping)")
+            return RunResult(Outcome.INTERRUPTED, d.name)
         except VerifyError as e:
-            j.step_finished(ctx.bundle_id, d.name, STEP_FAILED, str(e))
+            j.step_finished(ctx.bundle_id, d.name, StepState.FAILED, str(e))
             raise
         except (HydraError, OSError, sqlite3.Error) as e:
             return _failed(ctx, d.name, e)
-        j.step_finished(ctx.bundle_id, d.name, DONE, detail, ctx.result)
+        j.step_finished(ctx.bundle_id, d.name, StepState.DONE, detail, ctx.result)
         ctx.log.info("step done", extra=_kv(ctx, step=d.name, detail=detail))
     ctx.step = None
     if pending:
         detail = f"{len(pending)} step(s) pending: " + "; ".join(f"{n}: {m}" for n, m in pending)
-        j.set_state(ctx.bundle_id, WAITING, "step-pending", detail)
-        return Outcome(WAITING, pending[0][0], detail)
-    j.set_state(ctx.bundle_id, COMPLETE)
-    return Outcome(COMPLETE)
+        j.set_state(ctx.bundle_id, BundleState.WAITING, "step-pending", detail)
+        return RunResult(Outcome.WAITING, pending[0][0], detail)
+    j.set_state(ctx.bundle_id, BundleState.COMPLETE)
+    return RunResult(Outcome.COMPLETE)

@@ -13,12 +13,12 @@ import os
 import tarfile
 from typing import Any
 
-from ..bundle import index as ix
-from ..digest import CHUNK, canonical_json
-from ..errors import NotFound, SourceError, UsageError
-from ..oci import mediatypes as mt
-from ..spec.model import ImageSpec
-from .plan import BlobTask, Context, Descriptor, Finished
+from ...bundle import index as ix
+from ...digest import CHUNK, canonical_json
+from ...errors import NotFound, SourceError, UsageError
+from ...oci import mediatypes as mt
+from ...spec.model import ImageSpec
+from ..context import BlobTask, Context, Descriptor, Finished
 
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -35,7 +35,7 @@ def _client() -> Any:
         raise SourceError(f"docker-daemon: cannot reach the engine (DOCKER_HOST?): {e}") from None
 
 
-class DaemonImageSource:
+class DockerDaemonSource:
     kind = "images"
 
     def __init__(self, spec: ImageSpec, ctx: Context):

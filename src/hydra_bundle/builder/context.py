@@ -1,4 +1,5 @@
-"""What a build needs: components resolved to blobs, fetched into the cache, then written as a bundle.
+"""What the sources of a build share (:class:`Context`) and what they hand back: blobs to fetch
+(:class:`BlobTask`) and finished components (:class:`Finished`).
 
 Each source (image, chart, manifest/file, model) resolves in two steps: ``resolve`` fetches small
 metadata (manifests, chart indexes) and returns the blobs still to fetch; ``finish`` runs after all
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from ..errors import UsageError
 from ..oci.client import RegistryClient
 from .cache import BlobCache
 
@@ -36,6 +38,25 @@ class Context:
     log: Callable[[str], None] = lambda _msg: None
     url_mirrors: dict[str, str] = field(default_factory=dict)  # URL prefix → replacement prefix
     verify_tls: bool | str = True                            # as the http client (the fast body path uses it)
+
+    def locked_pin(self, section: str, *keys: str) -> str | None:
+        """What the lock file pins for ``section`` → ``keys`` (None when not building ``--locked``); refuses
+        content the lock file does not know."""
+        if self.locked is None:
+            return None
+        node: Any = self.locked.get(section) or {}
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if node is None:
+            raise UsageError(f"{section}: {'/'.join(keys)} is not in the lock file; run `hydra-bundle lock`")
+        return str(node)
+
+    def record_pin(self, section: str, *keys: str, digest: str) -> None:
+        """Remember what ``lock`` writes for ``section`` → ``keys``."""
+        node = self.lock_out.setdefault(section, {})
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = digest
 
     def url(self, url: str) -> str:
         """Where to actually fetch ``url`` from (``--mirror https://huggingface.co=https://hf-mirror.corp``)."""

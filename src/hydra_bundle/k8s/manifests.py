@@ -1,4 +1,4 @@
-"""Site variables in manifests and values: ``${site.domain}``, ``${site.vars.NAME}``, ``${bundle.version}``.
+"""Kubernetes manifests with site variables: ``${site.domain}``, ``${site.vars.NAME}``, ``${bundle.version}``.
 
 Safe by construction: the YAML is parsed first, then variables are replaced inside string scalars (a value
 can never change the document's structure), nothing is evaluated. Rules:
@@ -19,14 +19,28 @@ from typing import Any
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SubstError
 
 VAR = re.compile(r"\$\$\{|\$\{((?:site|bundle)\.[A-Za-z0-9_.]*)\}")
 _WHOLE = re.compile(r"^\$\{((?:site|bundle)\.[A-Za-z0-9_.]*)\}$")
 
 
-class SubstError(SpecError):
-    """An unknown or misused variable; ``problems`` are ``file:line: message``."""
+def site_variables(*, cluster_name: str, domain: str, registry: str, file_server: str, storage_class: str,
+                   metallb_addresses: list[str] | None = None, extra: dict[str, Any] | None = None,
+                   bundle_name: str = "", bundle_version: str = "") -> dict[str, Any]:
+    """Every ``${…}`` variable a site defines for manifests and values (``SiteConfig.variables`` fills it in;
+    ``lint`` uses placeholder values)."""
+    out: dict[str, Any] = {"site.cluster_name": cluster_name, "site.domain": domain, "site.registry": registry,
+                           "site.file_server": file_server, "site.storage_class": storage_class}
+    if metallb_addresses is not None:
+        out["site.metallb.addresses"] = list(metallb_addresses)
+    for k, v in (extra or {}).items():
+        out[f"site.vars.{k}"] = v
+    if bundle_name:
+        out["bundle.name"] = bundle_name
+    if bundle_version:
+        out["bundle.version"] = bundle_version
+    return out
 
 
 def _unknown(name: str, variables: dict[str, Any]) -> str:
@@ -100,14 +114,14 @@ def _construct(node: yaml.Node, loader: yaml.SafeLoader, variables: dict[str, An
             if k.tag == "tag:yaml.org,2002:merge":
                 problems.append(f"{fname}:{k.start_mark.line + 1}: YAML merge keys are not supported")
                 continue
-            key = loader.construct_object(k, deep=True)  # type: ignore[arg-type]
+            key = loader.construct_object(k, deep=True)
             if key in out:
                 problems.append(f"{fname}:{k.start_mark.line + 1}: duplicate key {key!r}")
             out[key] = _construct(v, loader, variables, fname, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, loader, variables, fname, problems) for item in node.value]
-    value = loader.construct_object(node, deep=True)  # type: ignore[arg-type]
+    value = loader.construct_object(node, deep=True)
     if isinstance(value, str) and "${" in value:
         # block scalars (| >) start on the line after the indicator; count lines inside the value
         first = node.start_mark.line + 1 + (1 if getattr(node, "style", None) in ("|", ">") else 0)
@@ -132,8 +146,6 @@ def parse_manifests(text: str, fname: str, variables: dict[str, Any]) -> list[Ma
     except yaml.YAMLError as e:
         raise SubstError([f"{fname}:1: not valid YAML: {e}"]) from None
     for i, node in enumerate(nodes):
-        if node is None:
-            continue
         line = node.start_mark.line + 1
         obj = _construct(node, yaml.SafeLoader(""), variables, fname, problems)
         if obj is None:

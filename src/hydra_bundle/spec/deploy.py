@@ -1,4 +1,4 @@
-"""Schemas: the spec's ``deploy`` section (what to apply, in order) and the agent config's ``site`` values.
+"""Schema of the spec's ``deploy`` section: what the agent applies on site, in order (signed with the bundle).
 
 ``deploy`` is declarative, no scripts. Each step has exactly one action key::
 
@@ -20,19 +20,20 @@
       - tls: {secret: "${site.domain}", hosts: ["${site.domain}"]}   # kubernetes.io/tls Secret (site files or CA)
       - wait_for: [{kind: Service, namespace: istio-system, name: gateway-istio}]
 
-``site`` (in the agent config) says where things are on this site; manifests and values may use
-``${site.domain}``-style variables (see ``subst.py``).
+Where things are on a site is the agent config's business (``apply/site.py``); manifests and values may use its
+``${site.domain}``-style variables (``k8s/manifests.py``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import UsageError
+from ..oci.reference import Reference
 
 _DNS1123 = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -43,7 +44,6 @@ _VALUES_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 ACTIONS = ("manifests", "label_nodes", "chart", "sql", "warmup", "wait_for", "tls")
-SIMULATED_GPU_LABEL = "run.ai/simulated-gpu-node-pool"
 
 
 class _Strict(BaseModel):
@@ -68,7 +68,7 @@ def parse_duration(v: Any) -> float:
     return float(total)
 
 
-def _dns(v: str, what: str = "name") -> str:
+def dns_name(v: str, what: str = "name") -> str:
     if not _DNS1123.match(v) or len(v) > 253:
         raise ValueError(f"{what} must be a lowercase DNS name (a-z, 0-9, '-', '.')")
     return v
@@ -84,12 +84,10 @@ def _labels(v: dict[str, str]) -> dict[str, str]:
     for k, val in v.items():
         if not _LABEL_NAME.match(k):
             raise ValueError(f"{k!r} is not a valid label key")
-        if not isinstance(val, str) or not _LABEL_VALUE.match(val) or len(val) > 63:
+        if not _LABEL_VALUE.match(val) or len(val) > 63:
             raise ValueError(f"label {k}: {val!r} is not a valid label value (63 chars of A-Z a-z 0-9 - _ .)")
     return v
 
-
-# ================================================================ deploy (in the signed spec)
 
 class LabelNodes(_Strict):
     labels: dict[str, str] = Field(min_length=1)
@@ -118,9 +116,6 @@ class ChartInstall(_Strict):
     @field_validator("image_values")
     @classmethod
     def _image_values(cls, v: dict[str, str]) -> dict[str, str]:
-        from ..errors import UsageError
-        from ..oci.reference import Reference
-
         for path, ref in v.items():
             if not _VALUES_PATH.match(path):
                 raise ValueError(f"{path!r} is not a dotted values path (a.b.c)")
@@ -141,12 +136,12 @@ class ChartInstall(_Strict):
     @field_validator("pull_secrets")
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
-        return [_dns(s, "secret name") for s in v]
+        return [dns_name(s, "secret name") for s in v]
 
     @field_validator("release", "namespace")
     @classmethod
     def _names(cls, v: str | None) -> str | None:
-        return None if v is None else _dns(v)
+        return None if v is None else dns_name(v)
 
 
 class SeedTable(_Strict):
@@ -213,7 +208,7 @@ class Warmup(_Strict):
     @field_validator("dataset", "namespace", "storage_class")
     @classmethod
     def _names(cls, v: str | None) -> str | None:
-        return None if v is None else _dns(v)
+        return None if v is None else dns_name(v)
 
 
 class WaitTarget(_Strict):
@@ -286,7 +281,7 @@ class DeployStep(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        return None if v is None else _dns(v, "step name")
+        return None if v is None else dns_name(v, "step name")
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -352,12 +347,11 @@ class DeploySpec(_Strict):
     def _timeout(cls, v: Any) -> float | None:
         return None if v is None else parse_duration(v)
 
-    def cross_checks(self, spec: Any) -> list[tuple[tuple[str | int, ...], str]]:
-        """References to the spec's manifests/charts/models exist; step names are unique; one sql step."""
+    def cross_checks(self, manifests: set[str], charts: set[str],
+                     models: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        """References to the spec's manifests/charts/models (by name) exist; step names are unique; one sql
+        step."""
         out: list[tuple[tuple[str | int, ...], str]] = []
-        manifests = {m.name for m in spec.manifests}
-        charts = {c.name: c for c in spec.charts}
-        models = {m.name for m in spec.models}
         names: dict[str, int] = {}
         sql_at: int | None = None
         for i, st in enumerate(self.steps):
@@ -372,10 +366,8 @@ class DeploySpec(_Strict):
             for j, m in enumerate(st.manifests or []):
                 if m not in manifests:
                     out.append(((*loc, "manifests", j), f"no manifest named {m!r} in `manifests:`"))
-            if st.chart is not None:
-                c = charts.get(st.chart.name)
-                if c is None:
-                    out.append(((*loc, "chart", "name"), f"no chart named {st.chart.name!r} in `charts:`"))
+            if st.chart is not None and st.chart.name not in charts:
+                out.append(((*loc, "chart", "name"), f"no chart named {st.chart.name!r} in `charts:`"))
             if st.warmup is not None and st.warmup.model not in models:
                 out.append(((*loc, "warmup", "model"), f"no model named {st.warmup.model!r} in `models:`"))
             if st.sql is not None:
@@ -383,197 +375,4 @@ class DeploySpec(_Strict):
                     out.append(((*loc, "sql"), f"only one sql step per bundle (rows are written in one "
                                                f"transaction); merge its tables into steps[{sql_at}]"))
                 sql_at = i if sql_at is None else sql_at
-        return out
-
-
-# ================================================================ site (in the agent config)
-
-def _registry_host(v: str) -> str:
-    v = v.strip().rstrip("/")
-    if "://" in v:
-        raise ValueError("give HOST[:PORT][/PREFIX] without a scheme (set registry_scheme: http|https)")
-    host = v.split("/", 1)[0]
-    if not host or " " in v or not re.match(r"^[A-Za-z0-9.\-\[\]:]+$", host):
-        raise ValueError("must be HOST[:PORT][/PREFIX], as nodes reach it (e.g. 10.0.0.5:5000)")
-    return v
-
-
-class MySQLSite(_Strict):
-    dsn: str = Field(description="mysql://USER@HOST[:PORT]/DATABASE (no password here: use password_file)")
-    password_file: Path | None = Field(None, description="file holding the password (read when connecting)")
-    connect_timeout: float = Field(10.0, gt=0)
-
-    @field_validator("dsn")
-    @classmethod
-    def _dsn(cls, v: str) -> str:
-        u = urlparse(v)
-        if u.scheme not in ("mysql", "mariadb") or not u.hostname:
-            raise ValueError("must be mysql://USER@HOST[:PORT]/DATABASE")
-        if u.password is not None:
-            raise ValueError("put the password in password_file, not in the DSN (it would end up in logs)")
-        if not u.username:
-            raise ValueError("name the user: mysql://USER@HOST[:PORT]/DATABASE")
-        try:
-            u.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("bad port") from None
-        return v
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.dsn).hostname or ""
-
-    @property
-    def port(self) -> int:
-        return urlparse(self.dsn).port or 3306
-
-    @property
-    def user(self) -> str:
-        return unquote(urlparse(self.dsn).username or "")
-
-    @property
-    def database(self) -> str | None:
-        db = urlparse(self.dsn).path.lstrip("/")
-        return unquote(db) or None
-
-    @property
-    def safe_dsn(self) -> str:
-        """The DSN for logs (never has a password: the validator refuses one)."""
-        return self.dsn
-
-    def password(self) -> str:
-        if self.password_file is None:
-            return ""
-        try:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as e:
-            from .base import ApplyError
-
-            raise ApplyError(f"mysql: cannot read password_file {self.password_file}: {e.strerror}") from None
-
-
-class TLSSite(_Strict):
-    """The gateway certificate from files (PEM); without this the agent's site CA issues one."""
-
-    cert_file: Path = Field(description="PEM certificate (chain) for the gateway domain")
-    key_file: Path = Field(description="PEM private key of that certificate (read by the tls step, never logged)")
-
-    @field_validator("cert_file", "key_file")
-    @classmethod
-    def _exists(cls, v: Path) -> Path:
-        if not v.is_file():
-            raise ValueError(f"{v} does not exist or is not a file")
-        return v
-
-
-class MetalLBSite(_Strict):
-    addresses: list[str] = Field(min_length=1, description="CIDRs or FIRST-LAST ranges for the IPAddressPool")
-
-    @field_validator("addresses")
-    @classmethod
-    def _addresses(cls, v: list[str]) -> list[str]:
-        for a in v:
-            try:
-                if "-" in a:
-                    first, last = (ipaddress.ip_address(x.strip()) for x in a.split("-", 1))
-                    if first.version != last.version or int(first) > int(last):
-                        raise ValueError
-                else:
-                    ipaddress.ip_network(a, strict=False)
-            except ValueError:
-                raise ValueError(f"{a!r} is not a CIDR (10.0.0.0/28) or a range (10.0.0.10-10.0.0.20)") from None
-        return v
-
-
-class SiteConfig(_Strict):
-    """Where things are on this site, as the cluster's nodes and pods see them."""
-
-    cluster_name: str = Field(description="the worker cluster's name (Hydra agent's cluster_name)")
-    domain: str = Field(description="gateway domain, e.g. cn-sh-a1")
-    registry: str = Field(description="site registry HOST[:PORT][/PREFIX] as nodes reach it")
-    registry_scheme: Literal["http", "https"] = "http"
-    registry_skip_verify: bool = Field(False, description="https with a certificate nodes do not trust")
-    file_server: str = Field(description="agent file server base URL as pods reach it, e.g. http://10.0.0.5:81")
-    metallb: MetalLBSite | None = None
-    kubeconfig: Path | None = Field(None, description="default: $KUBECONFIG or ~/.kube/config")
-    kube_context: str | None = None
-    in_cluster: bool = Field(False, description="use the pod's service account instead of a kubeconfig")
-    mysql: MySQLSite | None = None
-    storage_class: str = Field("nfs-csi", description="NFS storage class for model Datasets")
-    tls: TLSSite | None = Field(None, description="gateway certificate files; default: issued by the site CA")
-    helm: Path | None = Field(None, description="helm binary; default: `helm` on PATH; none → chart steps pending")
-    timeout: float = Field(600.0, description="default step timeout (duration: 90s, 10m)")
-    simulated_gpu_nodes: list[str] = Field(
-        [], description="nodes labelled for fake-gpu-operator when no GPU exists; default: every schedulable node")
-    vars: dict[str, str | int | bool | list[str]] = Field({}, description="extra ${site.vars.NAME} variables")
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, v: Any) -> float:
-        return parse_duration(v)
-
-    @field_validator("registry")
-    @classmethod
-    def _registry(cls, v: str) -> str:
-        return _registry_host(v)
-
-    @field_validator("file_server")
-    @classmethod
-    def _fs(cls, v: str) -> str:
-        u = urlparse(v)
-        if u.scheme not in ("http", "https") or not u.netloc:
-            raise ValueError("must be an http:// or https:// URL")
-        return v.rstrip("/")
-
-    @field_validator("domain", "storage_class")
-    @classmethod
-    def _dnsname(cls, v: str) -> str:
-        return _dns(v)
-
-    @field_validator("vars")
-    @classmethod
-    def _vars(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for k in v:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
-                raise ValueError(f"{k!r}: variable names are letters, digits and _")
-        return v
-
-    @model_validator(mode="after")
-    def _kube(self) -> SiteConfig:
-        if self.in_cluster and self.kubeconfig is not None:
-            raise ValueError("give kubeconfig or in_cluster: true, not both")
-        return self
-
-    @property
-    def registry_host(self) -> str:
-        return self.registry.split("/", 1)[0]
-
-    @property
-    def registry_prefix(self) -> str:
-        return self.registry.partition("/")[2]
-
-    @property
-    def plain_http(self) -> bool:
-        return self.registry_scheme == "http"
-
-    def model_url(self, model: str) -> str:
-        return f"{self.file_server}/model/{model}/"
-
-    def variables(self, bundle_name: str = "", bundle_version: str = "") -> dict[str, Any]:
-        """Every ``${…}`` variable manifests and values may use."""
-        out: dict[str, Any] = {
-            "site.cluster_name": self.cluster_name,
-            "site.domain": self.domain,
-            "site.registry": self.registry,
-            "site.file_server": self.file_server,
-            "site.storage_class": self.storage_class,
-        }
-        if self.metallb is not None:
-            out["site.metallb.addresses"] = list(self.metallb.addresses)
-        for k, v in self.vars.items():
-            out[f"site.vars.{k}"] = v
-        if bundle_name:
-            out["bundle.name"] = bundle_name
-        if bundle_version:
-            out["bundle.version"] = bundle_version
         return out

@@ -1,0 +1,81 @@
+"""Registry-mirror snippets for the nodes: containerd ``hosts.toml`` per upstream registry and a CRI-O/podman
+``registries.conf.d`` drop-in, so every upstream registry of the published images resolves to the site registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..oci.reference import DEFAULT_REGISTRY, Reference
+
+CONTAINERD_DIR = "/etc/containerd/certs.d"
+CRIO_FILE = "/etc/containers/registries.conf.d/50-hydra-bundle.conf"
+
+
+def upstream_registries(refs: Iterable[str]) -> list[str]:
+    """Distinct registry hosts of image references (``docker.io`` for short names), sorted."""
+    out = set()
+    for ref in refs:
+        out.add(Reference.parse(ref.removeprefix("docker-daemon:")).registry)
+    return sorted(out)
+
+
+def _upstream_server(registry: str) -> str:
+    return "https://registry-1.docker.io" if registry == DEFAULT_REGISTRY else f"https://{registry}"
+
+
+def containerd_hosts_toml(upstream: str, site_registry: str, scheme: str = "http", skip_verify: bool = False) -> str:
+    """``/etc/containerd/certs.d/<upstream>/hosts.toml``: try the site registry first, then upstream."""
+    host, _, prefix = site_registry.partition("/")
+    lines = [
+        "# written by hydra-bundle: pull through the site registry (needs containerd's registry config_path =",
+        '# "/etc/containerd/certs.d" in the CRI plugin config)',
+        f'server = "{_upstream_server(upstream)}"',
+        "",
+    ]
+    if prefix:
+        lines.append(f'[host."{scheme}://{host}/v2/{prefix.strip("/")}"]')
+        lines.append('  capabilities = ["pull", "resolve"]')
+        lines.append("  override_path = true")
+    else:
+        lines.append(f'[host."{scheme}://{host}"]')
+        lines.append('  capabilities = ["pull", "resolve"]')
+    if skip_verify and scheme == "https":
+        lines.append("  skip_verify = true")
+    return "\n".join(lines) + "\n"
+
+
+def mirror_config(upstreams: Iterable[str], site_registry: str, scheme: str = "http",
+                  skip_verify: bool = False) -> dict[str, str]:
+    """containerd ``hosts.toml`` per upstream registry: file path → content (one file per upstream)."""
+    out: dict[str, str] = {}
+    for up in sorted(set(upstreams)):
+        if up == site_registry.partition("/")[0]:
+            continue
+        out[f"{CONTAINERD_DIR}/{up}/hosts.toml"] = containerd_hosts_toml(up, site_registry, scheme,
+                                                                                skip_verify)
+    return out
+
+
+def crio_registries_conf(upstreams: Iterable[str], site_registry: str, scheme: str = "http",
+                         skip_verify: bool = False) -> str:
+    """A ``/etc/containers/registries.conf.d/`` drop-in (CRI-O, podman): the site registry mirrors each upstream."""
+    insecure = scheme == "http" or skip_verify
+    lines = ["# written by hydra-bundle: /etc/containers/registries.conf.d/50-hydra-bundle.conf"]
+    for up in sorted(set(upstreams)):
+        if up == site_registry.partition("/")[0]:
+            continue
+        lines += ["", "[[registry]]", f'prefix = "{up}"', f'location = "{up}"', "", "[[registry.mirror]]",
+                  f'location = "{site_registry}"']
+        if insecure:
+            lines.append("insecure = true")
+    return "\n".join(lines) + "\n"
+
+
+def site_mirror_files(image_refs: Iterable[str], site_registry: str, scheme: str = "http",
+                      skip_verify: bool = False) -> dict[str, str]:
+    """Everything ``agent mirror-config`` prints for a bundle: one containerd ``hosts.toml`` per upstream registry
+    of its images, and the CRI-O/podman drop-in. Path → content."""
+    ups = upstream_registries(image_refs)
+    out = mirror_config(ups, site_registry, scheme, skip_verify)
+    out[CRIO_FILE] = crio_registries_conf(ups, site_registry, scheme, skip_verify)
+    return out

@@ -1,0 +1,89 @@
+"""Files and free space: durable renames, up-front space checks, writeback kicks, telling a full disk apart."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import DiskSpaceError
+
+WRITEBACK_STEP = 8 << 20  # start writeback every 8 MiB, so the final fsync of a big file has little left to wait for
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range(2) (Linux; Python's os module does not expose it). None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``nbytes`` at ``offset`` to disk now, without waiting (the GIL is released
+    for the call). Writing a big file then keeps the disk busy while the next chunks are read and hashed, instead
+    of leaving it all dirty in the page cache for one long fsync at the end. Best effort: errors are ignored."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_free_space(path: str | os.PathLike[str], needed: int, what: str, reserve: int = 64 << 20) -> None:
+    """Refuse a big write up front instead of failing half way (keeps a small reserve)."""
+    p = Path(path)
+    while not p.exists():
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    if needed + reserve > free:
+        raise DiskSpaceError(
+            f"{what}: needs {human_bytes(needed)} but only {human_bytes(free)} free on {p} "
+            f"(keeping {human_bytes(reserve)} in reserve)"
+        )
+
+
+def disk_full(e: BaseException) -> bool:
+    """Is ``e`` "no space left": ENOSPC/EDQUOT from a file write, or SQLITE_FULL from a database?"""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, sqlite3.Error):
+        return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return False
+
+
+def preallocate(path: Path, size: int) -> None:
+    """Make ``path`` at least ``size`` bytes of allocated blocks (best effort: a full disk leaves it smaller)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < size:
+                os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
