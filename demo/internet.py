@@ -88,7 +88,9 @@ class Internet:
 
 def _chart_with_images(name: str, version: str, images: dict[str, str], extra_values: dict | None = None) -> bytes:
     """A small stand-in chart whose values name the images the real one uses (so lint/apply see them)."""
-    values = {k: {"image": {"repository": r.rsplit(":", 1)[0], "tag": r.rsplit(":", 1)[1]}} for k, r in images.items()}
+    values: dict = {"replicaCount": 1}  # what the stand-in's template renders
+    values.update({k: {"image": {"repository": r.rsplit(":", 1)[0], "tag": r.rsplit(":", 1)[1]}}
+                   for k, r in images.items()})
     values.update(extra_values or {})
     return make_chart(name, version, version, files={"values.yaml": yaml.safe_dump(values)})
 

@@ -88,6 +88,9 @@ class Controllers(threading.Thread):
         self.api = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.admission = client.AdmissionregistrationV1Api(api)
+        from tests.support.kube import RolloutStandIn
+
+        self.rollouts = RolloutStandIn(kubeconfig)
         self.work = work
         self.stop = threading.Event()
         self.done: set[str] = set()
@@ -103,25 +106,7 @@ class Controllers(threading.Thread):
             info(f"stand-in: removed MutatingWebhookConfiguration {w.metadata.name} (no pods to serve it)")
 
     def workloads(self) -> None:
-        for d in self.apps.list_deployment_for_all_namespaces().items:
-            n = d.spec.replicas if d.spec.replicas is not None else 1
-            st = d.status
-            if st.observed_generation != d.metadata.generation or (st.available_replicas or 0) < n:
-                self.apps.patch_namespaced_deployment_status(d.metadata.name, d.metadata.namespace, {"status": {
-                    "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n,
-                    "readyReplicas": n, "availableReplicas": n}})
-        for ds in self.apps.list_daemon_set_for_all_namespaces().items:
-            if ds.status.observed_generation != ds.metadata.generation:
-                self.apps.patch_namespaced_daemon_set_status(ds.metadata.name, ds.metadata.namespace, {"status": {
-                    "observedGeneration": ds.metadata.generation, "desiredNumberScheduled": 2,
-                    "currentNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
-                    "numberAvailable": 2, "numberMisscheduled": 0}})
-        for ss in self.apps.list_stateful_set_for_all_namespaces().items:
-            n = ss.spec.replicas if ss.spec.replicas is not None else 1
-            if ss.status.observed_generation != ss.metadata.generation:
-                self.apps.patch_namespaced_stateful_set_status(ss.metadata.name, ss.metadata.namespace, {"status": {
-                    "observedGeneration": ss.metadata.generation, "replicas": n, "readyReplicas": n,
-                    "updatedReplicas": n, "currentReplicas": n}})
+        self.rollouts.tick()
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -179,10 +164,6 @@ def start_site(work: Path, fixtures: Path, log: Callable[[str], None]) -> tuple[
         core.create_node({"metadata": {"name": n, "labels": {"kubernetes.io/hostname": n}}})
     log("nodes worker-1, worker-2 (no GPU: nothing advertises nvidia.com/gpu); no kubelet or controllers: a "
         "stand-in marks workloads rolled out and plays the dataset controller")
-    crd = yaml.safe_load((fixtures / "baizeai-dataset-v0.1.11/dataset.baizeai.io_datasets.yaml").read_text())
-    client.ApiextensionsV1Api(config.new_client_from_config(str(api.kubeconfig))).create_custom_resource_definition(crd)
-    log("Dataset CRD (dataset.baizeai.io) pre-installed: DCE sites have it from AI Lab (runbook: use "
-        "dataset.baizeai.io)")
     site.update(kubeconfig=str(api.kubeconfig))
     ctl = Controllers(api.kubeconfig, work)
     ctl.start()
@@ -199,6 +180,16 @@ def start_site(work: Path, fixtures: Path, log: Callable[[str], None]) -> tuple[
     else:
         skipped.append(f"MySQL step: {mariadb.missing_binaries()}")
     return site, stops, skipped
+
+
+def helm_releases(kubeconfig: Path) -> list[str]:
+    """``namespace/name revision N`` of every deployed release, from Helm's own records (Secrets owner=helm)."""
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+    items = core.list_secret_for_all_namespaces(label_selector="owner=helm,status=deployed").items
+    return sorted(f"{s.metadata.namespace}/{s.metadata.labels['name']} revision {s.metadata.labels['version']}"
+                  for s in items)
 
 
 def stop_all(things: list[Any]) -> None:
@@ -311,10 +302,14 @@ def main() -> int:
         info(f"pull from the embedded registry: skopeo copy --src-tls-verify=false docker://{ref} oci:/tmp/vllm:cpu")
         info("containerd on the nodes: hydra-bundle agent mirror-config --config AGENT.yaml (hosts.toml snippets)")
         info(f"model files: rclone copy --http-url http://127.0.0.1:{files_port}/model/qwen3-0.6b/ :http: /tmp/m")
+        releases = helm_releases(Path(site["kubeconfig"])) if site.get("kubeconfig") else []
+        for r in releases:
+            info(f"Helm release {r} (its release record is in the cluster)")
         if args.keep:
             info(f"kept: {work} (the servers are stopped)")
-        ok = state_now in ("complete", "waiting")
-        say("demo finished: " + ("the bundle is on the site" if ok else f"the bundle ended {state_now or 'unseen'}"))
+        ok = state_now == "complete" or (state_now == "waiting" and not site.get("kubeconfig"))  # no cluster here
+        say(f"demo finished: {state_now or 'unseen'}" + (f": every deploy step done, {len(releases)} Helm releases "
+                                                          "deployed" if ok else ""))
         return 0 if ok else 1
     finally:
         stop_all(stops)

@@ -27,7 +27,7 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test,docker]'
+  .venv/bin/python -m pip install -q -e '.[test,docker,site]'
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

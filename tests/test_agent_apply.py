@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
-import shutil
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,12 +119,11 @@ def _site(kubeconfig: Path, agent: AgentProc, **kw: Any) -> dict[str, Any]:
             "file_server": agent.files_url, "kubeconfig": str(kubeconfig), **kw}
 
 
-def _no_helm_env() -> dict[str, str]:
-    helm = shutil.which("helm")
-    if helm is None:
-        return {}
-    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d) != Path(helm).parent]
-    return {"PATH": os.pathsep.join(dirs)}
+def _no_helm_library(tmp: Path) -> dict[str, str]:
+    """The environment of a host where the Helm library cannot load (a foreign or broken libhelm_c)."""
+    broken = tmp / "libhelm_c.so.0.2.2"
+    broken.write_bytes(b"not an ELF library")
+    return {"HELM_C_LIB": str(broken)}
 
 
 def _steps(agent: AgentProc, name: str = "hydra-ws") -> dict[str, dict[str, Any]]:
@@ -188,6 +185,7 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
                                                  "gateway.yaml": GATEWAY.replace("IMAGE", image)}, {host})
 
     agent = AgentProc(tmp_path / "agent", [agent_keys.release_pub])
+    agent.env = _no_helm_library(tmp_path)  # charts: the pending path (the library's own path: below)
     cfg = yaml.safe_load(agent.config.read_text())
     dsn = f"mysql://hydra_e2e@127.0.0.1:{mariadb_server.port}/{DB}"
     cfg["site"] = _site(own_kube.kubeconfig, agent, mysql={"dsn": dsn, "password_file": str(pw)})
@@ -208,11 +206,12 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
     assert plan["steps"][6]["notes"] == [VLLM_NOTE.replace("${site.registry}", agent.registry)]
     text = agent.cli("plan", str(bundle)).stdout
     assert "nothing was done" in text and "sql-upsert" in text and "helm upgrade --install demo" in text
+    assert "cannot load" in text  # the chart step says now why it would be pending
     assert not agent.state.exists()
     assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "gateways.gateway.networking.k8s.io") is None
 
     # ---- run; kill -9 while the warm-up waits for the dataset controller
-    agent.start(env=_no_helm_env())
+    agent.start()
     try:
         agent.drop_file(bundle)
         wait_for(lambda: _steps(agent).get("apply:warmup-tiny", {}).get("state") == "running", 120,
@@ -227,7 +226,7 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
     assert steps["apply:sql"]["state"] == "done" and steps["apply:chart-demo"]["state"] == "pending"
     assert mariadb_server.execute("SELECT COUNT(*) FROM vendor", database=DB) == [(1,)]
 
-    agent.start(env=_no_helm_env())
+    agent.start()
     try:
         wait_for(lambda: _steps(agent)["apply:warmup-tiny"]["attempts"] >= 2, 60, "warm-up resumed")
         _patch_status(kube, "/apis/dataset.baizeai.io/v1alpha1/namespaces/public/datasets/tiny/status",
@@ -246,7 +245,8 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         command = chart["result"]["command"]
         assert command[:4] == ["helm", "upgrade", "--install", "demo"] and "--plain-http" in command
         assert command[4] == f"oci://{agent.registry}/agent/charts/demo"
-        assert b["reason"] == "step-pending" and "apply:chart-demo: helm is not installed here" in b["detail"]
+        assert b["reason"] == "step-pending" and "apply:chart-demo: the Helm library (helm-python-sdk) cannot load: " \
+            "HelmLibraryError: found the helm-c library at" in b["detail"]
         assert " ".join(command) in b["detail"]
         # results kept with the steps
         assert steps["apply:wait-for"]["result"]["outputs"]["etcHosts"] == [f"{LB_IP} cn-sh-a1"]
@@ -320,6 +320,42 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         assert agent.cli("plan", "hydra-ws").returncode == 0  # by name, from the store
     finally:
         agent.stop()
+        kube.close()
+
+
+def test_charts_install_in_process_and_status_shows_the_release(
+        tmp_path: Path, own_kube: KubeAPIServer, agent_keys: Keys, agent_site: Site) -> None:
+    """No helm binary anywhere: the agent installs the chart from its content store with the Helm library; plan
+    says install, status names the release and revision, a re-apply makes no new revision."""
+    host = agent_site.registry.host
+    deploy = {"timeout": "60s", "steps": [{"chart": {"name": "demo", "values": {"replicaCount": 2}}}]}
+    spec = _spec(host, deploy, name="charted", charts=[{"name": "demo", "version": "0.1.0", "namespace": "charted",
+                                                        "ref": f"oci://{host}/agent/charts/demo"}])
+    bundle = _build(tmp_path, spec, agent_keys, {}, {host})
+    agent = AgentProc(tmp_path / "agent", [agent_keys.release_pub])
+    cfg = yaml.safe_load(agent.config.read_text())
+    cfg["site"] = _site(own_kube.kubeconfig, agent)
+    agent.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert "now         install demo 0.1.0 (revision 1)" in agent.cli("plan", str(bundle)).stdout
+    kube = Kube.from_kubeconfig(own_kube.kubeconfig)
+    try:
+        with agent.start():
+            agent.drop_file(bundle)
+            b = agent.wait_state("charted", "1.0.0", "complete", timeout=90)
+            chart = {s["name"]: s for s in b["steps"]}["apply:chart-demo"]
+            assert chart["detail"] == "release charted/demo: installed (demo-0.1.0, revision 1, deployed)"
+            assert chart["result"]["outputs"] == {"release": "charted/demo", "revision": 1, "status": "deployed",
+                                                  "chart": "demo-0.1.0"}
+            assert "output release: charted/demo" in agent.cli("status").stdout
+            cm = kube.get("v1", "ConfigMap", "demo-cm", "charted")
+            assert cm is not None and cm["data"] == {"replicas": "2"}
+            assert "now         unchanged (demo-0.1.0, revision 1)" in agent.cli("plan", "charted").stdout
+            res = agent.cli("apply", "charted", check=False)
+            assert res.returncode == 0 and res.stdout.startswith("complete: charted 1.0.0"), res.stdout
+            assert "release charted/demo: unchanged" in res.stdout
+        secrets = kube.list_raw("/api/v1/namespaces/charted/secrets", "owner=helm,name=demo")
+        assert [o["metadata"]["name"] for o in secrets] == ["sh.helm.release.v1.demo.v1"]  # no second revision
+    finally:
         kube.close()
 
 

@@ -7,6 +7,7 @@ BaizeAI Dataset v0.1.11, MetalLB v0.16.1; real objects of them; Node objects cre
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ from hydra_bundle.errors import ApplyError, Cancelled, TransientError
 from hydra_bundle.k8s.nodes import gpu_nodes
 from hydra_bundle.k8s.objects import BundleInfo, mark_ours
 from tests.support.applyindex import synthetic_index
-from tests.support.kube import KubeAPIServer
+from tests.support.kube import KubeAPIServer, RolloutStandIn
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +45,13 @@ def make_site(kubeconfig: Path, **kw: Any) -> SiteConfig:
 
 
 def plan_for(tmp: Path, site: SiteConfig, manifests: dict[str, str], steps: list[dict[str, Any]], *,
-             name: str = "demo", version: str = "1.0.0", prune: bool = True, **spec: Any) -> ApplyPlan:
+             name: str = "demo", version: str = "1.0.0", prune: bool = True, chart_files: dict[str, Path] | None = None,
+             **spec: Any) -> ApplyPlan:
     d = tmp / f"{name}-{version}-{uuid.uuid4().hex[:6]}"
     d.mkdir()
     doc = {"metadata": {"name": name, "version": version, "sequence": 1},
            "deploy": {"prune": prune, "steps": steps}, **spec}
-    index, read_blob = synthetic_index(d, doc, manifests)
+    index, read_blob = synthetic_index(d, doc, manifests, chart_files=chart_files)
     return build_plan(index, site, read_blob, digest="sha256:" + version.replace(".", "").ljust(64, "0"))
 
 
@@ -547,24 +549,80 @@ def test_warmup_creates_the_runbook_dataset_and_waits_for_the_controller(kube_ap
         run_all(failing, site)
 
 
-def test_chart_pull_secret_for_the_site_registry_and_pending_command(
-        kube_apiserver: Any, kube: Kube, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "no-helm-here"))
+def _release_secrets(kube: Kube, ns: str, name: str) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in kube.list_raw(f"/api/v1/namespaces/{ns}/secrets",
+                                                                f"owner=helm,name={name}"))
+
+
+def test_charts_install_upgrade_roll_back_and_prune_with_the_helm_library(
+        kube_apiserver: Any, kube: Kube, tmp_path: Path, fixtures_dir: Path) -> None:
+    """fake-gpu-operator from the content store, in-process: install (with the site registry's pull secret), a
+    re-run that changes nothing, an upgrade with the values diff previewed, an upgrade whose workloads never roll
+    out (rolled back to the previous revision, the step fails with the reason), and prune uninstalling a chart a
+    newer version dropped."""
     site = make_site(kube_apiserver.kubeconfig)
+    tgz = fixtures_dir / "charts/fake-gpu-operator-0.0.63.tgz"
+    digest = "sha256:" + hashlib.sha256(tgz.read_bytes()).hexdigest()
+    ns, rel = "helm-it", "fake-gpu-operator"
     charts = [{"name": "fake-gpu-operator", "ref": "oci://ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator",
-               "version": "0.0.63", "namespace": "gpu-operator"}]
-    plan = plan_for(tmp_path, site, {}, [{"chart": {"name": "fake-gpu-operator", "pull_secrets": ["gcr-secret"]}}],
-                    name="charts", charts=charts)
-    res = run_all(plan, site)["chart-fake-gpu-operator"]
-    assert res.state == "pending" and res.command is not None and res.command[:4] == [
-        "helm", "upgrade", "--install", "fake-gpu-operator"]
-    assert ["--kubeconfig", str(kube_apiserver.kubeconfig)] == res.command[9:11]
-    assert res.changes == ["created Namespace gpu-operator", "created Secret gpu-operator/gcr-secret"]
-    secret = kube.get("v1", "Secret", "gcr-secret", "gpu-operator")
-    assert secret is not None and secret["type"] == "kubernetes.io/dockerconfigjson"
-    cfg = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
-    assert cfg == {"auths": {REG: {}}}
-    assert run_all(plan, site)["chart-fake-gpu-operator"].changes == []
+               "version": "0.0.63", "namespace": ns}]
+
+    def plan(values: dict[str, Any], timeout: str = "60s", with_chart: bool = True) -> ApplyPlan:
+        step: dict[str, Any] = {"chart": {"name": "fake-gpu-operator", "pull_secrets": ["gcr-secret"],
+                                          "values": values}, "timeout": timeout}
+        other = {"manifests": ["cm"]}
+        cm = f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: keep, namespace: {ns}}}\ndata: {{k: v}}\n"
+        return plan_for(tmp_path, site, {"cm": cm}, [step, other] if with_chart else [other], name="charts",
+                        charts=charts if with_chart else [], chart_files={"fake-gpu-operator": tgz})
+
+    def run(p: ApplyPlan) -> dict[str, StepResult]:
+        rt = Runtime(site, p.bundle, poll_interval=0.2, blob_file=lambda d: tgz if d == digest else None)
+        try:
+            return {s.name: s.run(rt) for s in p.steps}
+        finally:
+            rt.close()
+
+    with RolloutStandIn(kube_apiserver.kubeconfig):
+        first = run(plan({"topology": {"nodePoolLabelKey": "a"}}))["chart-fake-gpu-operator"]
+        assert first.state == "done" and first.summary.startswith(f"release {ns}/{rel}: installed "
+                                                                  "(fake-gpu-operator-0.0.63, revision 1, deployed)")
+        assert first.changes[:2] == [f"created Namespace {ns}", f"created Secret {ns}/gcr-secret"]
+        assert first.outputs["release"] == f"{ns}/{rel}" and first.outputs["revision"] == 1
+        assert _release_secrets(kube, ns, rel) == [f"sh.helm.release.v1.{rel}.v1"]
+        record = kube.get("v1", "Secret", f"sh.helm.release.v1.{rel}.v1", ns)
+        assert record is not None and record["metadata"]["labels"]["hydra-bundle.io/release-of"] == "charts"
+        secret = kube.get("v1", "Secret", "gcr-secret", ns)
+        assert secret is not None and json.loads(base64.b64decode(secret["data"][".dockerconfigjson"])) == {
+            "auths": {REG: {}}}
+
+        again = run(plan({"topology": {"nodePoolLabelKey": "a"}}))["chart-fake-gpu-operator"]
+        assert "unchanged" in again.summary and again.changes == []
+        assert _release_secrets(kube, ns, rel) == [f"sh.helm.release.v1.{rel}.v1"]  # no new revision
+
+        changed = plan({"topology": {"nodePoolLabelKey": "b"}})
+        rt = Runtime(site, changed.bundle)
+        changed.preview(rt)
+        rt.close()
+        now = changed.now["chart-fake-gpu-operator"].detail
+        assert now == "upgrade revision 1 (deployed) → 2; values: ~ topology.nodePoolLabelKey: a → b", now
+        assert "now         upgrade revision 1" in changed.text()
+        up = run(changed)["chart-fake-gpu-operator"]
+        assert "upgraded (fake-gpu-operator-0.0.63, revision 2, deployed)" in up.summary
+
+    # no controller any more: the next upgrade's workloads never roll out → rolled back, the step fails
+    with pytest.raises(ApplyError) as e:
+        run(plan({"topology": {"nodePoolLabelKey": "c"}}, timeout="4s"))
+    assert "timed out after 4s waiting for" in str(e.value)
+    assert f"release {ns}/{rel} rolled back to revision 2" in str(e.value)
+    helm = Runtime(site, BundleInfo("charts", "1")).helm()
+    assert helm.user_values(rel, ns) == {"topology": {"nodePoolLabelKey": "b"}}
+    assert helm.status(rel, ns).status == "deployed"  # type: ignore[union-attr]
+
+    # a newer version without the chart: prune uninstalls the release (and keeps the namespace, reported)
+    pruned = run(plan({}, with_chart=False))["prune"]
+    assert f"uninstalled release {ns}/{rel} (fake-gpu-operator-0.0.63)" in pruned.changes
+    assert _release_secrets(kube, ns, rel) == []
+    assert kube.get("v1", "Secret", "gcr-secret", ns) is None
 
 
 def test_api_server_down_at_start_is_retried_until_it_comes_up(kube_binaries: tuple[Path, Path],

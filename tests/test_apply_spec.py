@@ -1,12 +1,10 @@
 """Apply library, offline parts: deploy/site schemas, ${site.x} substitution, image rewriting, mirror config,
-helm command construction (and a fake helm binary), the plan. No servers needed."""
+the release and its values (the Helm library itself runs in test_apply_kube), the plan. No servers needed."""
 
 from __future__ import annotations
 
 import json
-import os
 import stat
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
@@ -15,13 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from hydra_bundle.apply.helm import HelmRelease, chart_values
 from hydra_bundle.apply.mirrors import crio_registries_conf, mirror_config, upstream_registries
 from hydra_bundle.apply.plan import build_plan, step_names
+from hydra_bundle.apply.release import HelmRelease, chart_values, values_diff
 from hydra_bundle.apply.rewrite import chart_site_repository, rewrite_image, rewrite_workload_images
 from hydra_bundle.apply.runtime import Runtime
 from hydra_bundle.apply.site import SiteConfig
-from hydra_bundle.apply.step import ProgressEvent
 from hydra_bundle.apply.steps import ChartStep, ManifestsStep, PruneStep, SqlStep
 from hydra_bundle.errors import SpecError, SubstError
 from hydra_bundle.k8s.manifests import parse_manifests, substitute, substitute_data
@@ -360,18 +357,25 @@ def test_chart_values_rewrite_the_fake_gpu_operator_keys(fixtures_dir: Path) -> 
     assert values["global"]["imageRegistry"] == SITE
 
 
-def test_helm_command_construction() -> None:
+def test_helm_command_for_an_operator() -> None:
+    """What an operator runs when the Helm library cannot load on this host."""
     rel = HelmRelease("gpu-operator", "gpu-operator", f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator",
-                      "0.0.63", {}, plain_http=True, kubeconfig="/etc/k.conf", timeout=300)
-    assert rel.upgrade_args("/v.yaml") == [
+                      "fake-gpu-operator", "0.0.63", {}, plain_http=True, kubeconfig="/etc/k.conf", timeout=300)
+    assert rel.cli_args("/v.yaml") == [
         "upgrade", "--install", "gpu-operator", f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator",
         "--version", "0.0.63", "--namespace", "gpu-operator", "--kubeconfig", "/etc/k.conf", "--create-namespace",
-        "--values", "/v.yaml", "--plain-http", "--wait", "--timeout", "300s"]
-    tls = HelmRelease("r", "ns", "oci://reg:443/c", "1", {}, plain_http=False, skip_verify=True, wait=False,
+        "--values", "/v.yaml", "--plain-http", "--wait", "--atomic", "--timeout", "300s"]
+    tls = HelmRelease("r", "ns", "oci://reg:443/c", "c", "1", {}, plain_http=False, skip_verify=True, wait=False,
                       create_namespace=False)
-    args = tls.upgrade_args("v")
+    args = tls.cli_args("v")
     assert "--insecure-skip-tls-verify" in args and "--plain-http" not in args and "--wait" not in args
-    assert rel.chart_name == "fake-gpu-operator"
+
+
+def test_values_diff_names_every_change() -> None:
+    old = {"a": {"b": 1, "c": "x"}, "gone": True, "list": [1, 2]}
+    new = {"a": {"b": 2, "c": "x"}, "new": {"k": "v"}, "list": [1, 2]}
+    assert values_diff(old, new) == ["~ a.b: 1 → 2", "- gone", "+ new: {k: v}"]
+    assert values_diff(new, new) == []
 
 
 def _chart_plan(tmp_path: Path, s: SiteConfig, pull_secrets: list[str] | None = None) -> ChartStep:
@@ -388,89 +392,37 @@ def _chart_plan(tmp_path: Path, s: SiteConfig, pull_secrets: list[str] | None = 
     return step
 
 
-def test_chart_without_helm_is_pending_with_the_exact_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+def test_chart_without_the_helm_library_is_pending_with_the_exact_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where libhelm_c cannot load (another platform, an old libc), the step says why and what to run instead."""
+    from hydra_bundle.apply import helm
+
+    monkeypatch.setattr(helm, "_library", None)
+    monkeypatch.setattr(helm, "_reason", "the Helm library (helm-python-sdk) cannot load: OSError: libc too old")
     step = _chart_plan(tmp_path, site())
-    rt = Runtime(site(), BundleInfo("hydra-ws", "1.0.0"), state_dir=tmp_path / "state")
+    rt = Runtime(site(), BundleInfo("hydra-ws", "1.0.0"), state_dir=tmp_path / "state",
+                 kube_factory=lambda _rt: _NoCluster())  # type: ignore[arg-type,return-value]
     res = step.run(rt)
     assert res.state == "pending" and res.command is not None
     values_file = tmp_path / "state/helm/hydra-ws-gpu-operator-fake-gpu-operator.values.yaml"
     assert res.command == ["helm", "upgrade", "--install", "fake-gpu-operator",
                            f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator", "--version", "0.0.63",
                            "--namespace", "gpu-operator", "--create-namespace", "--values", str(values_file),
-                           "--plain-http", "--wait", "--timeout", "300s"]
+                           "--plain-http", "--wait", "--atomic", "--timeout", "300s"]
     values = yaml.safe_load(values_file.read_text())
     assert values["environment"]["resourceReservationNamespace"] == "jxj31-mspider-reservation"
     assert values["migFaker"]["image"]["repository"] == f"{SITE}/run-ai/fake-gpu-operator/mig-faker"
     assert values["topology"]["nodePoolLabelKey"] == "run.ai/simulated-gpu-node-pool"  # from the spec's chart
     assert stat.S_IMODE(values_file.stat().st_mode) == 0o600
-    assert "helm is not installed" in res.summary
+    assert res.summary.startswith("the Helm library (helm-python-sdk) cannot load: OSError: libc too old")
+    assert any("could not check whether the release is deployed" in n for n in res.notes)
 
 
-FAKE_HELM = """\
-#!{python}
-# A stand-in for helm: records argv, remembers releases in state.json, answers list/get values as helm 3 does.
-import json, os, sys, yaml
-here = os.path.dirname(os.path.abspath(__file__))
-log, state_path = os.path.join(here, "calls.jsonl"), os.path.join(here, "state.json")
-args = sys.argv[1:]
-with open(log, "a") as f:
-    f.write(json.dumps(args) + "\\n")
-state = json.load(open(state_path)) if os.path.exists(state_path) else {{}}
-def opt(name):
-    return args[args.index(name) + 1] if name in args else None
-if args[:2] == ["upgrade", "--install"]:
-    rel, chart, version = args[2], args[3], opt("--version")
-    values = yaml.safe_load(open(opt("--values"))) or {{}}
-    if os.environ.get("FAKE_HELM_FAIL"):
-        print("Error: INSTALLATION FAILED: simulated", file=sys.stderr)
-        sys.exit(1)
-    state[opt("--namespace") + "/" + rel] = {{"chart": chart.rsplit("/", 1)[-1] + "-" + version, "values": values}}
-    json.dump(state, open(state_path, "w"))
-    print("Release \\"%s\\" has been upgraded. Happy Helming!" % rel)
-elif args[0] == "list":
-    rel = opt("--filter").strip("^$")
-    st = state.get(opt("--namespace") + "/" + rel)
-    print(json.dumps([{{"name": rel, "namespace": opt("--namespace"), "revision": "1", "status": "deployed",
-                       "chart": st["chart"], "app_version": "0.0.63"}}] if st else []))
-elif args[:2] == ["get", "values"]:
-    st = state.get(opt("--namespace") + "/" + args[2])
-    print(json.dumps(st["values"] if st else None))
-else:
-    sys.exit(2)
-"""
-
-
-def test_chart_with_a_fake_helm_installs_once_then_is_unchanged(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    helm = bindir / "helm"
-    helm.write_text(FAKE_HELM.format(python=sys.executable))
-    helm.chmod(0o755)
-    s = site(helm=str(helm), kubeconfig=str(tmp_path / "kubeconfig"))
-    step = _chart_plan(tmp_path, s)
-    rt = Runtime(s, BundleInfo("hydra-ws", "1.0.0"), state_dir=tmp_path / "state")
-    events: list[ProgressEvent] = []
-    first = step.run(rt, events.append)
-    assert first.state == "done" and first.summary == "release gpu-operator/fake-gpu-operator: installed/upgraded"
-    second = step.run(rt)
-    assert second.state == "done" and second.summary.endswith("unchanged") and second.changes == []
-    calls = [json.loads(line) for line in (bindir / "calls.jsonl").read_text().splitlines()]
-    upgrades = [c for c in calls if c[0] == "upgrade"]
-    assert len(upgrades) == 1
-    assert upgrades[0][:6] == ["upgrade", "--install", "fake-gpu-operator",
-                               f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator", "--version", "0.0.63"]
-    assert ["--kubeconfig", str(tmp_path / "kubeconfig")] == upgrades[0][8:10]
-    assert any("helm upgrade --install" in e.message for e in events)
-    os.environ["FAKE_HELM_FAIL"] = "1"
-    try:
-        (bindir / "state.json").unlink()
+class _NoCluster:
+    def list_raw(self, *_a: Any, **_kw: Any) -> list[dict[str, Any]]:
         from hydra_bundle.errors import ApplyError
 
-        with pytest.raises(ApplyError, match="failed \\(exit 1\\): Error: INSTALLATION FAILED: simulated"):
-            step.run(rt)
-    finally:
-        del os.environ["FAKE_HELM_FAIL"]
+        raise ApplyError("kubernetes API: not reachable")
 
 
 # ============================================================== the plan

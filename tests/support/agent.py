@@ -74,6 +74,7 @@ class AgentProc:
         self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.log = self.root / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}      # extra environment of the agent and of `cli` commands
 
     @property
     def registry(self) -> str:
@@ -92,7 +93,7 @@ class AgentProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*CLI, "agent", "run", "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **(env or {})})
+                                         env={**os.environ, **self.env, **(env or {})})
         if wait:
             wait_for(self._healthy, 30, f"agent ready\n{self.log_tail()}")
         return self
@@ -132,7 +133,7 @@ class AgentProc:
         self.proc = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = run_cli("agent", *args, "--config", str(self.config))
+        res = run_cli("agent", *args, "--config", str(self.config), env=self.env)
         if check and res.returncode != 0:
             raise AssertionError(f"agent {' '.join(args)} exited {res.returncode}: {res.stderr}")
         return res

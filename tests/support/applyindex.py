@@ -19,11 +19,12 @@ def _digest(data: bytes) -> str:
 
 
 def synthetic_index(tmp: Path, spec: Mapping[str, Any], manifests: Mapping[str, str] | None = None,
-                    *, chart_sources: Mapping[str, str] | None = None,
+                    *, chart_sources: Mapping[str, str] | None = None, chart_files: Mapping[str, Path] | None = None,
                     ) -> tuple[ix.BundleIndex, Callable[[str], bytes]]:
     """(index, read_blob). ``manifests`` maps manifest name → YAML text (files are written next to the spec
     and listed as `path:` sources when the spec does not list them); ``chart_sources`` maps chart name → the
-    component source (oci://… or repo URL; default: the spec's ref/repo)."""
+    component source (oci://… or repo URL; default: the spec's ref/repo); ``chart_files`` maps chart name → its
+    .tgz (the component's chartDigest is then the file's, so a Runtime's ``blob_file`` can hand it out)."""
     manifests = dict(manifests or {})
     doc = dict(spec)
     doc.setdefault("apiVersion", "hydra-bundle/v1")
@@ -52,7 +53,8 @@ def synthetic_index(tmp: Path, spec: Mapping[str, Any], manifests: Mapping[str, 
         comps.charts.append(ix.Chart(ref=f"charts/{c.name}:{c.version}", digest=_digest(c.name.encode()),
                                      mediaType="application/vnd.oci.image.manifest.v1+json", blobs=[],
                                      name=c.name, version=c.version, source=src,
-                                     chartDigest=_digest(b"chart" + c.name.encode())))
+                                     chartDigest=_digest((chart_files or {})[c.name].read_bytes())
+                                     if c.name in (chart_files or {}) else _digest(b"chart" + c.name.encode())))
     for mo in s.models:
         comps.models.append(ix.Model(ref=f"hydra-bundle/models/{mo.name}:1.0.0", digest=_digest(mo.name.encode()),
                                      mediaType="application/vnd.oci.image.manifest.v1+json", blobs=[],

@@ -18,6 +18,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -164,7 +165,8 @@ class KubeAPIServer:
                 f"--service-account-key-file={pki / 'sa.key'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--api-audiences=https://kubernetes.default.svc", "--service-cluster-ip-range=10.0.0.0/24",
-                "--endpoint-reconciler-type=none", "--disable-admission-plugins=ServiceAccount"]
+                "--endpoint-reconciler-type=none", "--disable-admission-plugins=ServiceAccount",
+                "--allow-privileged=true"]  # as every real cluster: privileged DaemonSets (CSI, GPU) are allowed
         if _version(self.apiserver) < (1, 24):
             args.append("--insecure-port=0")  # removed in 1.24
         api = self._spawn(args, "apiserver.log")
@@ -203,3 +205,53 @@ class KubeAPIServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class RolloutStandIn(threading.Thread):
+    """What a bare kube-apiserver lacks (no kubelet, no controllers): every second, report Deployments,
+    DaemonSets and StatefulSets as rolled out, except those whose name contains ``never`` (to test timeouts)."""
+
+    def __init__(self, kubeconfig: Path, skip: str = "never"):
+        super().__init__(daemon=True, name="rollout-stand-in")
+        from kubernetes import client, config
+
+        self.apps = client.AppsV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.skip = skip
+        self.stop = threading.Event()
+
+    def tick(self) -> None:
+        for d in self.apps.list_deployment_for_all_namespaces().items:
+            n = d.spec.replicas if d.spec.replicas is not None else 1
+            st = d.status
+            if self.skip not in d.metadata.name and (st.observed_generation != d.metadata.generation
+                                                     or (st.available_replicas or 0) < n):
+                self.apps.patch_namespaced_deployment_status(d.metadata.name, d.metadata.namespace, {"status": {
+                    "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n,
+                    "readyReplicas": n, "availableReplicas": n}})
+        for ds in self.apps.list_daemon_set_for_all_namespaces().items:
+            if self.skip not in ds.metadata.name and ds.status.observed_generation != ds.metadata.generation:
+                self.apps.patch_namespaced_daemon_set_status(ds.metadata.name, ds.metadata.namespace, {"status": {
+                    "observedGeneration": ds.metadata.generation, "desiredNumberScheduled": 2,
+                    "currentNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+                    "numberAvailable": 2, "numberMisscheduled": 0}})
+        for ss in self.apps.list_stateful_set_for_all_namespaces().items:
+            n = ss.spec.replicas if ss.spec.replicas is not None else 1
+            if self.skip not in ss.metadata.name and ss.status.observed_generation != ss.metadata.generation:
+                self.apps.patch_namespaced_stateful_set_status(ss.metadata.name, ss.metadata.namespace, {"status": {
+                    "observedGeneration": ss.metadata.generation, "replicas": n, "readyReplicas": n,
+                    "updatedReplicas": n, "currentReplicas": n}})
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            try:
+                self.tick()
+            except Exception:
+                pass
+
+    def __enter__(self) -> RolloutStandIn:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(5)

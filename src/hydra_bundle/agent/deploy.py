@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..apply.plan import ApplyPlan, build_plan, step_names
 from ..apply.runtime import Runtime
@@ -86,7 +87,10 @@ def session(ctx: StepContext) -> Session:
             raise HydraError(f"{digest} is not in the content store (was the bundle ingested?)") from None
 
     ap = build_plan(ctx.index, site, read_blob, digest=ctx.bundle_id)
-    rt = Runtime(site, ap.bundle, state_dir=cfg.state_dir / "apply", tls_dir=cfg.tls_dir,
+    def blob_file(digest: str) -> Path | None:
+        return ctx.store.path(digest) if ctx.store.has(digest) else None
+
+    rt = Runtime(site, ap.bundle, state_dir=cfg.state_dir / "apply", tls_dir=cfg.tls_dir, blob_file=blob_file,
                  cancel=ctx.stop, log=lambda msg: ctx.log.info("apply", extra={"kv": {
                      "bundle": ctx.index.name, "version": ctx.index.version, "message": msg}}))
     ctx.cleanups.append(rt.close)

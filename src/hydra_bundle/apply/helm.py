@@ -1,189 +1,239 @@
-"""Charts: ``helm upgrade --install`` from the site registry, or the exact command when there is no helm.
+"""The Helm adapter: the official Helm v4 Go SDK in-process, through ``helm-python-sdk`` (import ``helm_python``,
+ctypes over ``libhelm_c``): no helm binary, no Go toolchain, nothing to install on site.
 
-The chart is pulled as ``oci://SITE/<path> --version V`` (``--plain-http`` when the site registry is http).
-Values = the spec chart's ``values`` ⊕ the step's ``values`` (deep merge) with ``image_values`` rewritten to
-the site registry and ``registry_values`` set to it, written to a values file next to the agent's state so a
-pending command stays runnable. A re-run is a no-op when helm reports the same chart version deployed with the
-same values (no new revision).
+The library is imported on first use; when it cannot load (another platform, a libc too old, the package
+missing) :func:`unavailable` says exactly why, and the chart step becomes ``pending`` with the equivalent
+``helm`` command. Helm's release records (Secrets ``owner=helm``) can still be read through the cluster adapter
+then (:func:`deployed_without_library`), so a command an operator ran completes the step.
+
+Every release this agent installs carries the label ``hydra-bundle.io/release-of=<bundle>`` (Helm v4 release
+labels), which is how prune finds the releases of a bundle.
 """
 
 from __future__ import annotations
 
 import base64
-import copy
 import gzip
 import json
-import os
-import shlex
-import subprocess
-from dataclasses import dataclass
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ..errors import ApplyError, brief
+from ..errors import ApplyError, Cancelled, brief
 from ..retry import Deadline
-from .rewrite import rewrite_image
+from .site import SiteConfig
 
 if TYPE_CHECKING:
     from .kube import Kube
 
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+_OLD_SERVER = {"disable_openapi_validation": True}  # < 1.25: its OpenAPI schema knows no CEL rules
+_lock = threading.Lock()
+_library: ModuleType | None = None
+_reason: str | None = None
+log = logging.getLogger("hydra_bundle.agent")
 
 
-def set_path(values: dict[str, Any], path: str, value: Any) -> None:
-    node = values
-    parts = path.split(".")
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[p] = nxt
-        node = nxt
-    node[parts[-1]] = value
+def library() -> ModuleType | None:
+    """``helm_python``, loaded once (None when it cannot load: :func:`unavailable` says why)."""
+    global _library, _reason
+    with _lock:
+        if _library is None and _reason is None:
+            try:
+                import helm_python
+
+                helm_python.helm_c_version()  # loads libhelm_c: a missing or foreign .so fails here, not later
+                helm_python.enable_logging(logging.WARNING, logging.getLogger("hydra_bundle.helm"))
+                _library = helm_python
+            except Exception as e:  # ImportError, OSError from ctypes, HelmLibraryError
+                _reason = f"the Helm library (helm-python-sdk) cannot load: {type(e).__name__}: {brief(e)}"
+        return _library
 
 
-def chart_values(spec_values: dict[str, Any], step_values: dict[str, Any], image_values: dict[str, str],
-                 registry_values: list[str], site_registry: str) -> dict[str, Any]:
-    """The values helm gets (see the module docstring)."""
-    values = deep_merge(spec_values, step_values)
-    for path, ref in image_values.items():
-        set_path(values, path, rewrite_image(ref, site_registry))
-    for path in registry_values:
-        set_path(values, path, site_registry)
-    return values
+def unavailable() -> str | None:
+    """Why the Helm library cannot be used here, or None when it can."""
+    library()
+    return _reason
 
 
 @dataclass
-class HelmRelease:
-    release: str
+class ReleaseInfo:
+    """A release as Helm stores it (the fields we use)."""
+
+    name: str
     namespace: str
-    chart: str                 # oci://SITE/path/name
-    version: str
-    values: dict[str, Any]
-    plain_http: bool = True
-    skip_verify: bool = False
-    kubeconfig: str | None = None
-    kube_context: str | None = None
-    wait: bool = True
-    timeout: float = 600.0
-    create_namespace: bool = True
+    revision: int
+    status: str                       # deployed | failed | pending-install | pending-upgrade | …
+    chart_name: str
+    chart_version: str
+    labels: dict[str, str] = field(default_factory=dict)
+    manifest: str = ""
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> ReleaseInfo:
+        return cls(str(r.get("name")), str(r.get("namespace")), int(r.get("revision") or 0),
+                   str(r.get("status") or ""), str(r.get("chart_name") or ""), str(r.get("chart_version") or ""),
+                   {str(k): str(v) for k, v in (r.get("labels") or {}).items()}, str(r.get("manifest") or ""))
 
     @property
-    def chart_name(self) -> str:
-        return self.chart.rstrip("/").rsplit("/", 1)[-1]
+    def chart(self) -> str:
+        return f"{self.chart_name}-{self.chart_version}"
 
-    def _common(self) -> list[str]:
-        out = ["--namespace", self.namespace]
-        if self.kubeconfig:
-            out += ["--kubeconfig", self.kubeconfig]
-        if self.kube_context:
-            out += ["--kube-context", self.kube_context]
-        return out
-
-    def upgrade_args(self, values_file: Path | str) -> list[str]:
-        """Arguments after the helm binary for ``helm upgrade --install``."""
-        args = ["upgrade", "--install", self.release, self.chart, "--version", self.version, *self._common()]
-        if self.create_namespace:
-            args.append("--create-namespace")
-        args += ["--values", str(values_file)]
-        if self.plain_http:
-            args.append("--plain-http")
-        elif self.skip_verify:
-            args.append("--insecure-skip-tls-verify")
-        if self.wait:
-            args.append("--wait")
-        args += ["--timeout", f"{int(self.timeout)}s"]
-        return args
-
-    def list_args(self) -> list[str]:
-        return ["list", "--filter", f"^{self.release}$", *self._common(), "--output", "json"]
-
-    def get_values_args(self) -> list[str]:
-        return ["get", "values", self.release, *self._common(), "--output", "json"]
+    def json(self) -> dict[str, Any]:
+        return {"release": f"{self.namespace}/{self.name}", "revision": self.revision, "status": self.status,
+                "chart": self.chart}
 
 
-def write_values(path: Path, values: dict[str, Any]) -> Path:
-    """Write the values file atomically (0600: values may hold site details)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(values, f, allow_unicode=True, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+class Helm:
+    """Releases on one cluster (the site's kubeconfig, or the in-cluster service account)."""
+
+    def __init__(self, site: SiteConfig, cancel: threading.Event | None = None):
+        lib = library()
+        if lib is None:
+            raise ApplyError(_reason or "the Helm library cannot load")
+        self.lib = lib
+        self.site = site
+        self.cancel = cancel or threading.Event()
+
+    def _config(self, namespace: str) -> Any:
+        kw: dict[str, Any] = {"namespace": namespace}
+        if self.site.kubeconfig is not None:
+            kw["kubeconfig_path"] = str(self.site.kubeconfig)
+        if self.site.kube_context:
+            kw["kube_context"] = self.site.kube_context
+        return self.lib.Config(**kw)
+
+    @contextmanager
+    def _action(self, what: str) -> Iterator[Any]:
+        """A cancellation context tied to the agent's stop event, and Helm's errors as ApplyError."""
+        ctx = self.lib.HelmContext()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                if self.cancel.is_set():
+                    ctx.cancel()
+                    return
+
+        t = threading.Thread(target=watch, daemon=True, name="helm-cancel")
+        t.start()
+        try:
+            yield ctx
+        except self.lib.HelmCancelledError:
+            if self.cancel.is_set():
+                raise Cancelled(f"{what}: cancelled: the agent is stopping") from None
+            raise ApplyError(f"{what}: no answer within the step's timeout") from None
+        except self.lib.HelmError as e:
+            raise ApplyError(f"{what}: {_helm_message(e)}") from e
+        finally:
+            done.set()
+            t.join(1)
+            ctx.close()
+
+    def status(self, name: str, namespace: str) -> ReleaseInfo | None:
+        """The release's latest revision, or None when there is no such release."""
+        with self._config(namespace) as cfg:
+            try:
+                return ReleaseInfo.of(cfg.status(name))
+            except self.lib.HelmNotFoundError:
+                return None
+            except self.lib.HelmError as e:
+                raise ApplyError(f"helm status {namespace}/{name}: {_helm_message(e)}") from e
+
+    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
+        with self._config(namespace) as cfg:
+            try:
+                return dict(cfg.get_values(name) or {})
+            except self.lib.HelmError as e:
+                raise ApplyError(f"helm get values {namespace}/{name}: {_helm_message(e)}") from e
+
+    def install(self, chart: Path | str, version: str, name: str, namespace: str, values: dict[str, Any], *,
+                labels: dict[str, str], deadline: Deadline, create_namespace: bool = True, plain_http: bool = False,
+                old_server: bool = False) -> ReleaseInfo:
+        """Install, without waiting (the step waits for readiness with our own rules and undoes a failure: Helm's
+        rollback-on-failure would imply its own wait)."""
+        opts: dict[str, Any] = {"timeout_seconds": max(int(deadline.left), 1), "labels": labels}
+        if create_namespace:
+            opts["create_namespace"] = True
+        if old_server:
+            opts.update(_OLD_SERVER, server_side_apply=False)
+        return self._write("helm_install", f"helm install {namespace}/{name}", chart, version, name, namespace,
+                           values, opts, plain_http)
+
+    def upgrade(self, chart: Path | str, version: str, name: str, namespace: str, values: dict[str, Any], *,
+                labels: dict[str, str], deadline: Deadline, plain_http: bool = False,
+                old_server: bool = False) -> ReleaseInfo:
+        """Upgrade to a new revision with exactly ``values`` (no wait; see :meth:`install`)."""
+        opts: dict[str, Any] = {"timeout_seconds": max(int(deadline.left), 1), "labels": labels, "reset_values": True}
+        if old_server:
+            opts.update(_OLD_SERVER, server_side_apply="false")
+        return self._write("helm_upgrade", f"helm upgrade {namespace}/{name}", chart, version, name, namespace,
+                           values, opts, plain_http)
+
+    def _write(self, action: str, what: str, chart: Path | str, version: str, name: str, namespace: str,
+               values: dict[str, Any], opts: dict[str, Any], plain_http: bool) -> ReleaseInfo:
+        """``helm_install``/``helm_upgrade`` of the C ABI with the options this adapter needs. The binding's
+        ``Config.install``/``upgrade`` do not pass Helm's ``disable_openapi_validation`` and ``server_side_apply``,
+        which servers older than 1.25 need for CRDs with CEL rules (the same gap ``applier`` closes for
+        manifests); everything else is the same call the binding makes (helm-python-sdk 0.2.2 is pinned)."""
+        native = self.lib._native
+        with self._config(namespace) as cfg, self._chart(chart, version, plain_http) as (src, where), \
+                self._action(what) as ctx:
+            handle, ref = self.lib.Config._chart_args(src)
+            payload = native.call_string(action, cfg._raw(), ctx._raw(), handle, ref, name, json.dumps(values),
+                                         json.dumps({**opts, **where}))
+            return ReleaseInfo.of(json.loads(payload))
+
+    def rollback(self, name: str, namespace: str, revision: int, deadline: Deadline) -> None:
+        with self._config(namespace) as cfg:
+            try:
+                cfg.rollback(name, version=revision, timeout=max(int(deadline.left), 1))
+            except self.lib.HelmError as e:
+                raise ApplyError(f"helm rollback {namespace}/{name} to revision {revision}: "
+                                 f"{_helm_message(e)}") from e
+
+    def uninstall(self, name: str, namespace: str, deadline: Deadline) -> None:
+        with self._config(namespace) as cfg:
+            try:
+                cfg.uninstall(name, timeout=max(int(deadline.left), 1), ignore_not_found=True)
+            except self.lib.HelmError as e:
+                raise ApplyError(f"helm uninstall {namespace}/{name}: {_helm_message(e)}") from e
+
+    def labelled(self, key: str, value: str) -> list[ReleaseInfo]:
+        """Every release (all namespaces, any state) carrying the release label ``key=value``."""
+        with self._config("default") as cfg:
+            try:
+                found = cfg.list(all_namespaces=True, all_states=True)
+            except self.lib.HelmError as e:
+                raise ApplyError(f"helm list: {_helm_message(e)}") from e
+        return [r for r in map(ReleaseInfo.of, found) if r.labels.get(key) == value]
+
+    @contextmanager
+    def _chart(self, chart: Path | str, version: str, plain_http: bool) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """(chart, extra arguments): a chart file from the content store, loaded here, or an ``oci://``
+        reference the library pulls (with its version)."""
+        if isinstance(chart, str):
+            yield chart, {"chart_version": version, "plain_http": plain_http}
+            return
+        try:
+            loaded = self.lib.Chart.load(str(chart))
+        except self.lib.HelmError as e:
+            raise ApplyError(f"cannot load chart {chart}: {_helm_message(e)}") from e
+        with loaded:
+            yield loaded, {}
 
 
-def command_text(helm: str, args: list[str]) -> str:
-    return shlex.join([helm, *args])
-
-
-def helm_env(home: Path | None) -> dict[str, str] | None:
-    """helm's cache/config/data dirs under ``home`` (the agent's state dir: its sandbox may not let helm write to
-    $HOME); variables the operator set win."""
-    if home is None:
-        return None
-    env = dict(os.environ)
-    for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):
-        env.setdefault(var, str(home / sub))
-    return env
-
-
-def _run(helm: str, args: list[str], timeout: float,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run([helm, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=env)
-    except subprocess.TimeoutExpired:
-        raise ApplyError(f"helm {args[0]}: no answer after {timeout:.0f}s") from None
-    except OSError as e:
-        raise ApplyError(f"cannot run {helm}: {brief(e)}") from None
-
-
-def deployed(helm: str, rel: HelmRelease, env: dict[str, str] | None = None) -> bool:
-    """True when the release is deployed with this chart version and exactly these values."""
-    p = _run(helm, rel.list_args(), 120, env)
-    if p.returncode != 0:
-        return False
-    try:
-        rows = json.loads(p.stdout or "[]") or []
-    except ValueError:
-        return False
-    row = next((r for r in rows if r.get("name") == rel.release), None)
-    if not row or row.get("status") != "deployed" or row.get("chart") != f"{rel.chart_name}-{rel.version}":
-        return False
-    p = _run(helm, rel.get_values_args(), 120, env)
-    if p.returncode != 0:
-        return False
-    try:
-        have = json.loads(p.stdout or "null") or {}
-    except ValueError:
-        return False
-    return bool(have == json.loads(json.dumps(rel.values)))
-
-
-def upgrade_install(helm: str, rel: HelmRelease, values_file: Path, env: dict[str, str] | None = None) -> str:
-    """Run helm; returns 'unchanged' or 'installed/upgraded'. ApplyError with helm's message on failure."""
-    if deployed(helm, rel, env):
-        return "unchanged"
-    p = _run(helm, rel.upgrade_args(values_file), rel.timeout + 120, env)
-    if p.returncode != 0:
-        tail = "\n".join((p.stderr or p.stdout or "").strip().splitlines()[-8:])
-        raise ApplyError(f"helm upgrade --install {rel.release} failed (exit {p.returncode}): {tail}")
-    return "installed/upgraded"
+def _helm_message(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1][:500] if text else type(e).__name__
 
 
 def decode_release(secret: dict[str, Any]) -> dict[str, Any] | None:
-    """The release record helm 3 keeps in a ``helm.sh/release.v1`` Secret (base64 of gzipped JSON, inside the
+    """The release record Helm keeps in a ``helm.sh/release.v1`` Secret (base64 of gzipped JSON, inside the
     Secret's own base64), or None when it does not decode."""
     data = (secret.get("data") or {}).get("release")
     if not isinstance(data, str):
@@ -198,16 +248,17 @@ def decode_release(secret: dict[str, Any]) -> dict[str, Any] | None:
     return rel if isinstance(rel, dict) else None
 
 
-def deployed_without_helm(kube: Kube, rel: HelmRelease, deadline: Deadline) -> str | None:
-    """Without a helm binary: has someone (an operator running the pending command) deployed this chart version
-    with these values? Reads helm's release Secrets through the API. Returns the revision, or None."""
-    items = kube.list_raw(f"/api/v1/namespaces/{rel.namespace}/secrets",
-                          f"owner=helm,name={rel.release},status=deployed", deadline)
+def deployed_without_library(kube: Kube, name: str, namespace: str, chart_name: str, version: str,
+                             values: dict[str, Any], deadline: Deadline) -> str | None:
+    """Without the library: has someone (an operator running the pending command) deployed this chart version
+    with these values? Reads Helm's release Secrets through the cluster adapter. Returns the revision, or None."""
+    items = kube.list_raw(f"/api/v1/namespaces/{namespace}/secrets", f"owner=helm,name={name},status=deployed",
+                          deadline)
     for item in items:
         r = decode_release(item)
         md = ((r or {}).get("chart") or {}).get("metadata") or {}
-        if r is None or md.get("name") != rel.chart_name or md.get("version") != rel.version:
+        if r is None or md.get("name") != chart_name or md.get("version") != version:
             continue
-        if (r.get("config") or {}) == json.loads(json.dumps(rel.values)):
+        if (r.get("config") or {}) == json.loads(json.dumps(values)):
             return str(r.get("version") or (item.get("metadata") or {}).get("labels", {}).get("version") or "?")
     return None

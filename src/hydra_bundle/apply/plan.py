@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bundle.index import BundleIndex
-from ..errors import ApplyError, SpecError
+from ..errors import ApplyError, Cancelled, SpecError
 from ..k8s.kinds import default_api_version
 from ..k8s.manifests import parse_manifests, substitute_data
 from ..k8s.objects import MANAGED_BY, MANAGED_BY_LABEL, BundleInfo, ObjKey, mark_ours, namespace_object
 from ..spec.deploy import DeploySpec, SqlSeed, TlsSecret
-from .helm import HelmRelease, chart_values
+from .release import HelmRelease, chart_values
 from .rewrite import chart_site_repository, rewrite_workload_images
+from .runtime import Runtime
 from .site import SiteConfig
-from .step import WHEN_TEXT, ApplyStep
+from .step import WHEN_TEXT, Action, ApplyStep
 from .steps import (
     ChartStep,
     KubeStep,
@@ -43,10 +44,28 @@ class ApplyPlan:
     bundle: BundleInfo
     steps: list[ApplyStep]
     notes: list[str] = field(default_factory=list)
+    now: dict[str, Action] = field(default_factory=dict)  # step → what it would do on the cluster right now
+
+    def preview(self, rt: Runtime) -> None:
+        """Ask the cluster what each chart step would do now (install, upgrade with the values diff, nothing);
+        a cluster that does not answer is noted, not an error."""
+        for s in self.steps:
+            if isinstance(s, ChartStep):
+                try:
+                    self.now[s.name] = s.preview(rt)
+                except (ApplyError, Cancelled) as e:
+                    self.now[s.name] = Action(s.name, "helm", f"release {s.release.namespace}/{s.release.release}",
+                                              f"cannot tell install from upgrade: {e}")
 
     def json(self) -> dict[str, Any]:
+        steps = []
+        for s in self.steps:
+            d = s.describe()
+            if s.name in self.now:
+                d["now"] = self.now[s.name].json()
+            steps.append(d)
         return {"bundle": {"name": self.bundle.name, "version": self.bundle.version, "digest": self.bundle.digest},
-                "steps": [s.describe() for s in self.steps], "notes": self.notes}
+                "steps": steps, "notes": self.notes}
 
     def text(self) -> str:
         lines = [f"apply plan for {self.bundle.name} {self.bundle.version}"]
@@ -58,6 +77,8 @@ class ApplyPlan:
             lines.append(f"{i:>2}. {s.name} ({s.kind}, timeout {s.timeout:.0f}s){cond}")
             for act in s.plan():
                 lines.append(f"      {act.op:<11} {act.target}" + (f"  ({act.detail})" if act.detail else ""))
+            if s.name in self.now:
+                lines.append(f"      {'now':<11} {self.now[s.name].detail}")
             lines += [f"      note        {n}" for n in s.notes]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -177,8 +198,11 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                                   site.registry)
             values = substitute_data(values, variables, f"{where}.chart.values")
             repo = chart_site_repository(comp.source, comp.name, site.registry_prefix)
+            chart_name = str(spec_c.get("chart") or (comp.source.rstrip("/").rsplit("/", 1)[-1]
+                                                     if comp.source.startswith("oci://") else comp.name))
             rel = HelmRelease(release=release, namespace=namespace, chart=f"oci://{site.registry_host}/{repo}",
-                              version=comp.version, values=values, plain_http=site.plain_http,
+                              chart_name=chart_name, version=comp.version, values=values,
+                              chart_digest=comp.chartDigest, plain_http=site.plain_http,
                               skip_verify=site.registry_skip_verify,
                               kubeconfig=str(site.kubeconfig) if site.kubeconfig else None,
                               kube_context=site.kube_context, wait=st.wait, timeout=timeout,
@@ -225,5 +249,6 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
         step.notes = [str(substitute_data(n, variables, f"{where}.notes[{j}]")) for j, n in enumerate(st.notes)]
         steps.append(step)
     if deploy.prune and any(isinstance(s, KubeStep) for s in steps):
-        steps.append(PruneStep(bundle, keep, timeout=deploy.timeout or site.timeout))
+        releases = {s.release.key for s in steps if isinstance(s, ChartStep)}
+        steps.append(PruneStep(bundle, keep, timeout=deploy.timeout or site.timeout, releases=releases))
     return ApplyPlan(bundle, steps, notes)

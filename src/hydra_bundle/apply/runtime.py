@@ -3,13 +3,12 @@ the agent can cancel. One per apply run, built by the agent; ``close()`` when do
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import ApplyError, Cancelled
+from ..errors import Cancelled
 from ..k8s.nodes import gpu_nodes
 from ..k8s.objects import BundleInfo
 from ..retry import Deadline
@@ -17,6 +16,7 @@ from .site import SiteConfig
 
 if TYPE_CHECKING:
     from .applier import Applier
+    from .helm import Helm
     from .kube import Kube
 
 GPU_CHECK_SECONDS = 60.0
@@ -28,7 +28,7 @@ class Runtime:
     def __init__(self, site: SiteConfig, bundle: BundleInfo, *, state_dir: Path | None = None,
                  log: Callable[[str], None] | None = None, cancel: threading.Event | None = None,
                  kube_factory: Callable[[Runtime], Kube] | None = None, poll_interval: float = 1.0,
-                 tls_dir: Path | None = None):
+                 tls_dir: Path | None = None, blob_file: Callable[[str], Path | None] | None = None):
         self.site = site
         self.bundle = bundle
         self.state_dir = state_dir      # where helm values files are kept (pending commands reference them)
@@ -36,9 +36,11 @@ class Runtime:
         self.log = log or (lambda _msg: None)
         self.cancel = cancel or threading.Event()
         self.poll_interval = poll_interval
+        self.blob_file = blob_file or (lambda _digest: None)  # a blob of the content store (charts install from it)
         self._kube_factory = kube_factory
         self._kube: Kube | None = None
         self._applier: Applier | None = None
+        self._helm: Helm | None = None
         self._gpu_nodes: list[str] | None = None
 
     def kube(self) -> Kube:
@@ -60,19 +62,19 @@ class Runtime:
             self._applier = Applier(self.kube())
         return self._applier
 
+    def helm(self) -> Helm:
+        """Releases through the in-process Helm library (ApplyError when it cannot load: ``helm.unavailable``)."""
+        if self._helm is None:
+            from .helm import Helm
+
+            self._helm = Helm(self.site, self.cancel)
+        return self._helm
+
     def gpu_nodes(self) -> list[str]:
         """Nodes with real (not simulated) nvidia.com/gpu; evaluated once per run so steps agree."""
         if self._gpu_nodes is None:
             self._gpu_nodes = gpu_nodes(self.kube().nodes(Deadline(GPU_CHECK_SECONDS)))
         return self._gpu_nodes
-
-    def helm_binary(self) -> str | None:
-        if self.site.helm is not None:
-            p = self.site.helm
-            if not p.is_file():
-                raise ApplyError(f"site.helm: {p} does not exist")
-            return str(p)
-        return shutil.which("helm")
 
     def sleep(self, seconds: float) -> None:
         """Wait, unless the agent is stopping (then :class:`~hydra_bundle.errors.Cancelled`)."""

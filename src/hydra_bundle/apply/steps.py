@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from ..errors import ApplyError
 from ..k8s.nodes import schedulable
 from ..k8s.objects import (
     CRD_KIND,
+    RELEASE_LABEL,
     WORKLOAD_KINDS,
     BundleInfo,
     ObjKey,
@@ -28,8 +31,10 @@ from ..k8s.objects import (
 from ..retry import Deadline, poll_delays
 from ..spec.deploy import SqlSeed
 from ..states import StepState
-from .helm import HelmRelease, command_text, deployed_without_helm, helm_env, upgrade_install, write_values
+from .helm import ReleaseInfo, deployed_without_library
+from .helm import unavailable as helm_unavailable
 from .prune import prune
+from .release import HelmRelease, command_text, values_diff, write_values
 from .rewrite import ImageChange
 from .runtime import Runtime
 from .step import Action, ApplyStep, Progress, ProgressEvent, StepResult, no_progress
@@ -38,6 +43,7 @@ from .warmup import DATASET_API, DATASET_CRD, DATASET_KIND, dataset_readiness
 
 if TYPE_CHECKING:
     from .applier import Applier
+    from .helm import Helm
     from .kube import Kube
 
 Emit = Callable[..., None]
@@ -226,6 +232,13 @@ def pull_secret_object(name: str, namespace: str, registry_host: str) -> dict[st
 
 
 class ChartStep(KubeStep):
+    """Install or upgrade one Helm release in-process (the Helm library), from the chart in the content store.
+
+    Atomic: a release that fails to install is uninstalled, an upgrade that fails (Helm's own failure, or its
+    workloads not ready by the step's deadline) is rolled back to the previous revision, and the step fails with
+    the reason. A release already at this chart version with exactly these values is left alone (no new
+    revision). Without the library the step is pending with the equivalent ``helm`` command."""
+
     kind = "chart"
 
     def __init__(self, name: str, release: HelmRelease, *, bundle: BundleInfo, pre_objects: list[dict[str, Any]],
@@ -238,6 +251,11 @@ class ChartStep(KubeStep):
     def desired(self) -> list[tuple[ObjKey, str]]:
         return [(key_of(o), o["apiVersion"]) for o in self.pre_objects]
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The release label that makes it this bundle's (prune finds releases by it)."""
+        return {RELEASE_LABEL: self.bundle.name}
+
     def values_path(self, rt: Runtime | None) -> Path:
         base = (rt.state_dir if rt is not None and rt.state_dir is not None else None)
         if base is None:
@@ -248,8 +266,30 @@ class ChartStep(KubeStep):
         out = [self._action("apply", str(key_of(o)), "for the chart's pods") for o in self.pre_objects]
         r = self.release
         out.append(self._action("helm", f"release {r.namespace}/{r.release}",
-                                command_text("helm", r.upgrade_args("<state_dir>/helm/…values.yaml"))))
+                                f"install or upgrade {r.chart_name} {r.version} (Helm library, in-process; rolled "
+                                f"back on failure)"))
         return out
+
+    def preview(self, rt: Runtime) -> Action:
+        """What ``run`` would do to the release now: install, upgrade (with the values diff) or nothing."""
+        r = self.release
+        target = f"release {r.namespace}/{r.release}"
+        reason = helm_unavailable()
+        if reason:
+            return self._action("helm", target, f"pending: {reason}; an operator runs "
+                                                f"`{command_text(r.cli_args('<values file>'))}`")
+        helm = rt.helm()
+        cur = helm.status(r.release, r.namespace)
+        if cur is None:
+            return self._action("helm", target, f"install {r.chart_name} {r.version} (revision 1)")
+        diff = values_diff(helm.user_values(r.release, r.namespace), _json(r.values))
+        chart = f"{r.chart_name}-{r.version}"
+        if cur.status == "deployed" and cur.chart == chart and not diff:
+            return self._action("helm", target, f"unchanged ({cur.chart}, revision {cur.revision})")
+        what = f"upgrade revision {cur.revision} ({cur.status}) → {cur.revision + 1}"
+        if cur.chart != chart:
+            what += f"; chart {cur.chart} → {chart}"
+        return self._action("helm", target, what + ("; values: " + "; ".join(diff) if diff else "; same values"))
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
         deadline = Deadline(self.timeout)
@@ -263,30 +303,104 @@ class ChartStep(KubeStep):
             for o in sort_for_apply(self.pre_objects):
                 tally.apply(rt.applier(), o, deadline, emit)
             changes = tally.changes
-        values_file = write_values(self.values_path(rt), self.release.values)
-        helm = rt.helm_binary()
+        reason = helm_unavailable()
+        if reason:
+            return self._without_library(rt, reason, deadline, changes)
         r = self.release
-        if helm is None:
-            notes = []
-            try:  # did an operator run the command? (helm's release Secret says so; a short look only)
-                revision = deployed_without_helm(rt.kube(), r, deadline.within(HELM_CHECK_SECONDS))
-            except ApplyError as e:
-                revision = None
-                notes.append(f"could not check whether the release is deployed already: {e}")
-            if revision is not None:
-                return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {r.chart_name} {r.version} "
-                                                  f"deployed (revision {revision}, installed outside the agent: no "
-                                                  f"helm here)", changes)
-            cmd = ["helm", *r.upgrade_args(values_file)]
-            return StepResult(StepState.PENDING, f"helm is not installed here: install release "
-                                                 f"{r.namespace}/{r.release} by running the command (or set "
-                                                 f"site.helm); the step notices the release once it is deployed",
-                              changes, notes, command=cmd)
-        emit(f"helm upgrade --install {r.release} ({r.chart} {r.version})")
-        what = upgrade_install(helm, r, values_file, helm_env(rt.state_dir / "helm-home" if rt.state_dir else None))
-        if what != "unchanged":
-            changes.append(f"helm {what} {r.namespace}/{r.release} {r.chart_name} {r.version}")
-        return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {what}", changes)
+        helm = rt.helm()
+        stored = rt.blob_file(r.chart_digest) if r.chart_digest else None
+        chart: Path | str = stored if stored is not None else r.chart  # the store's .tgz, else the site registry
+        want = _json(r.values)
+        cur = helm.status(r.release, r.namespace)
+        if cur is not None and cur.status == "deployed" and cur.chart == f"{r.chart_name}-{r.version}" \
+                and helm.user_values(r.release, r.namespace) == want:
+            op = "unchanged"
+        elif cur is None or (cur.revision == 1 and cur.status != "deployed"):
+            if cur is not None:  # a first install that failed or was interrupted: start it over
+                emit(f"helm uninstall {r.namespace}/{r.release} ({cur.status} revision 1)")
+                helm.uninstall(r.release, r.namespace, deadline)
+            emit(f"helm install {r.namespace}/{r.release} ({r.chart_name} {r.version})")
+            op = "installed"
+        else:
+            emit(f"helm upgrade {r.namespace}/{r.release} ({cur.chart} → {r.chart_name}-{r.version})")
+            op = "upgraded"
+        outputs: dict[str, Any] = {}
+        rel = cur
+        old = op != "unchanged" and rt.kube().server_version(deadline) < (1, 25)  # CRDs with CEL rules need care
+        try:
+            if op == "installed":
+                rel = helm.install(chart, r.version, r.release, r.namespace, want, labels=self.labels,
+                                   deadline=deadline, create_namespace=r.create_namespace, plain_http=r.plain_http,
+                                   old_server=old)
+            elif op == "upgraded":
+                rel = helm.upgrade(chart, r.version, r.release, r.namespace, want, labels=self.labels,
+                                   deadline=deadline, plain_http=r.plain_http, old_server=old)
+            assert rel is not None
+            if r.wait:
+                outputs = self._wait(rt, rel, deadline, emit)
+        except ApplyError as e:  # atomic: back to the previous revision, or nothing
+            raise ApplyError(self._undo(helm, op, cur, e, deadline)) from None
+        if op != "unchanged":
+            changes.append(f"helm {op} {r.namespace}/{r.release} {r.chart_name} {r.version} (revision "
+                           f"{rel.revision})")
+        return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {op} ({rel.chart}, revision "
+                                          f"{rel.revision}, {rel.status})", changes,
+                          outputs={**rel.json(), **outputs})
+
+    def _wait(self, rt: Runtime, rel: ReleaseInfo, deadline: Deadline, emit: Emit) -> dict[str, Any]:
+        """Wait until the release's workloads are rolled out (the same readiness rules as manifests)."""
+        from .wait import wait_ready
+
+        kube = rt.kube()
+        objs = []
+        for o in yaml.safe_load_all(rel.manifest or ""):
+            if isinstance(o, dict) and o.get("kind") in WORKLOAD_KINDS and isinstance(o.get("metadata"), dict):
+                o["metadata"].setdefault("namespace", rel.namespace)
+                objs.append(kube.normalize(o, deadline))
+        if not objs:
+            return {}
+        return wait_ready(kube, objs, deadline, lambda m, d, t: emit(f"rollout: {m}", d, t), rt.poll_interval)
+
+    def _undo(self, helm: Helm, op: str, before: ReleaseInfo | None, e: ApplyError, deadline: Deadline) -> str:
+        """Make a release that did not become ready atomic: back to the previous revision, or uninstalled."""
+        r = self.release
+        spare = Deadline(max(deadline.left, 60.0))
+        try:
+            if op == "upgraded" and before is not None:
+                helm.rollback(r.release, r.namespace, before.revision, spare)
+                return f"{e}; release {r.namespace}/{r.release} rolled back to revision {before.revision}"
+            if op == "installed":
+                helm.uninstall(r.release, r.namespace, spare)
+                return f"{e}; release {r.namespace}/{r.release} uninstalled again (atomic install)"
+        except ApplyError as undo:
+            return f"{e}; and undoing it failed: {undo}"
+        return str(e)
+
+    def _without_library(self, rt: Runtime, reason: str, deadline: Deadline, changes: list[str]) -> StepResult:
+        """Pending with the exact ``helm`` command, unless an operator already deployed exactly this release."""
+        r = self.release
+        values_file = write_values(self.values_path(rt), r.values)
+        notes = [reason]
+        try:  # did an operator run the command? (Helm's release Secret says so; a short look only)
+            revision = deployed_without_library(rt.kube(), r.release, r.namespace, r.chart_name, r.version,
+                                                r.values, deadline.within(HELM_CHECK_SECONDS))
+        except ApplyError as e:
+            revision = None
+            notes.append(f"could not check whether the release is deployed already: {e}")
+        if revision is not None:
+            return StepResult(StepState.DONE, f"release {r.namespace}/{r.release}: {r.chart_name} {r.version} "
+                                              f"deployed (revision {revision}, installed outside the agent)", changes,
+                              notes, outputs={"release": f"{r.namespace}/{r.release}", "revision": revision})
+        return StepResult(StepState.PENDING, f"{reason}: install release {r.namespace}/{r.release} by running the "
+                                             f"command; the step notices the release once it is deployed", changes,
+                          notes, command=["helm", *r.cli_args(values_file)])
+
+
+def _json(values: dict[str, Any]) -> dict[str, Any]:
+    """Values as Helm stores and returns them (JSON types)."""
+    out = json.loads(json.dumps(values))
+    assert isinstance(out, dict)
+    return out
 
 
 # ====================================================================== sql
@@ -480,22 +594,41 @@ class TlsStep(KubeStep):
 # ====================================================================== prune
 
 class PruneStep(KubeStep):
+    """Delete what an earlier version of the bundle applied and this one no longer has: labelled objects
+    (``prune.py``) and Helm releases labelled as this bundle's."""
+
     kind = "prune"
 
-    def __init__(self, bundle: BundleInfo, keep: list[tuple[ObjKey, str]], *, timeout: float = 600.0):
+    def __init__(self, bundle: BundleInfo, keep: list[tuple[ObjKey, str]], *, timeout: float = 600.0,
+                 releases: set[tuple[str, str]] | None = None):
         super().__init__("prune", timeout=timeout)
         self.bundle = bundle
         self.keep = keep
+        self.releases = releases or set()       # (namespace, release) of this version's chart steps
 
     def plan(self) -> list[Action]:
         return [self._action("prune", f"objects labelled hydra-bundle.io/bundle={self.bundle.name}",
                              f"delete those this version does not contain (keeps {len(self.keep)}; never Nodes, "
-                             f"Namespaces or CRDs)")]
+                             f"Namespaces or CRDs)"),
+                self._action("prune", f"Helm releases labelled {RELEASE_LABEL}={self.bundle.name}",
+                             f"uninstall those this version does not contain (keeps {len(self.releases)})")]
 
     def run(self, rt: Runtime, progress: Progress = no_progress) -> StepResult:
         deadline, kube, _ = self.begin(rt)
         emit = _emit(progress, self.name)
         deleted, kept = prune(kube, self.bundle.name, self.keep, deadline, emit)
-        return StepResult(StepState.DONE, f"{len(deleted)} deleted"
-                          + (f", {len(kept)} left for an operator" if kept else ""), [f"deleted {d}" for d in deleted],
-                          kept)
+        changes = [f"deleted {d}" for d in deleted]
+        reason = helm_unavailable()
+        if reason:
+            kept.append(f"Helm releases were not checked: {reason}")
+        else:
+            helm = rt.helm()
+            for rel in helm.labelled(RELEASE_LABEL, self.bundle.name):
+                if (rel.namespace, rel.name) in self.releases:
+                    continue
+                emit(f"helm uninstall {rel.namespace}/{rel.name}")
+                helm.uninstall(rel.name, rel.namespace, deadline)
+                changes.append(f"uninstalled release {rel.namespace}/{rel.name} ({rel.chart})")
+        n = len(changes)
+        return StepResult(StepState.DONE, f"{n} deleted" + (f", {len(kept)} left for an operator" if kept else ""),
+                          changes, kept)

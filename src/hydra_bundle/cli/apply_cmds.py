@@ -91,19 +91,29 @@ def _from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[st
 @click.argument("bundle")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (steps with their actions, in order).")
+@click.option("--offline", is_flag=True, help="Do not ask the cluster whether chart releases would be installed or "
+                                              "upgraded (and with which values changes).")
 @handle_errors
-def plan_cmd(bundle: str, config_path: Path | None, as_json: bool) -> None:
+def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool) -> None:
     """Every action the apply steps would take for BUNDLE on this site, in order; nothing is done.
 
     BUNDLE is a bundle file (its signature is verified first; it need not be ingested) or the name of a bundle
-    the agent has admitted."""
+    the agent has admitted. Chart steps say what they would do now (install, or upgrade with the values diff),
+    read from the cluster (nothing is changed there)."""
     from ..apply.plan import build_plan
+    from ..apply.runtime import Runtime
 
     cfg = load_config(config_path)
     site = _site(cfg, "agent plan")
     path = Path(bundle)
     idx, bid, info, read = _from_file(cfg, path) if path.is_file() else _from_journal(cfg, bundle)
     ap = build_plan(idx, site, read, digest=bid)
+    if not offline:
+        rt = Runtime(site, ap.bundle)
+        try:
+            ap.preview(rt)
+        finally:
+            rt.close()
     if as_json:
         doc = ap.json()
         doc["bundle"].update(sequence=idx.sequence, **{k: v for k, v in info.items() if k != "steps"})

@@ -14,6 +14,9 @@ FIELD_MANAGER = "hydra-bundle"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "hydra-bundle"
 BUNDLE_LABEL = "hydra-bundle.io/bundle"
+# On Helm releases (Helm copies release labels onto its storage Secrets, so they must not look like our objects,
+# or object prune would delete the release records).
+RELEASE_LABEL = "hydra-bundle.io/release-of"
 VERSION_ANNOTATION = "hydra-bundle.io/version"
 DIGEST_ANNOTATION = "hydra-bundle.io/digest"
 CRD_KIND = "CustomResourceDefinition"
