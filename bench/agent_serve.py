@@ -65,7 +65,7 @@ def main() -> None:
                         f"metadata: {{name: bench, version: '1', sequence: 1}}\nimages:\n"
                         f"  - ref: {reg.host}/bench/big:v1\n")
         bundle = work / "bench.tar"
-        run([hb, "build", str(spec), "-o", str(bundle), "--key", str(work / "k.key"), "--quiet",
+        run([hb, "build", "--no-agent-kit", str(spec), "-o", str(bundle), "--key", str(work / "k.key"), "--quiet",
              "--cache-dir", str(work / "cache"), "--insecure-registry", reg.host])
         shutil.rmtree(work / "cache")
         port, mport = free_port(), free_port()

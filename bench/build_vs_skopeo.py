@@ -28,7 +28,8 @@ MB = 1_000_000
 def _build(hb: str, spec: Path, bundle: Path, cache: Path, host: str, jobs: int, direct: bool) -> Run:
     bundle.unlink(missing_ok=True)
     shutil.rmtree(cache, ignore_errors=True)
-    return run([hb, "build", str(spec), "-o", str(bundle), "--unsigned", "--quiet", "--cache-dir", str(cache),
+    return run([hb, "build", "--no-agent-kit",
+                str(spec), "-o", str(bundle), "--unsigned", "--quiet", "--cache-dir", str(cache),
                 "--insecure-registry", host, "--jobs", str(jobs), *(["--direct"] if direct else [])])
 
 

@@ -205,7 +205,8 @@ def main() -> None:
             spec2 = images_spec(work / "spec-v2.yaml", host, "2.0.0", 2, tags2)
             common = ["--quiet", "--insecure-registry", host]
             v1 = work / "v1.tar"
-            b1 = run([hb, "build", str(spec1), "-o", str(v1), "--key", key, "--cache-dir", str(work / "cache1"),
+            b1 = run([hb, "build", "--no-agent-kit",
+                      str(spec1), "-o", str(v1), "--key", key, "--cache-dir", str(work / "cache1"),
                       *common])
 
             # the site: v1 ingested by the agent's one-shot pipeline, inventory exported by the CLI
@@ -227,17 +228,20 @@ def main() -> None:
             parts_dir = work / "parts"
             parts_dir.mkdir()
             t0 = time.perf_counter()
-            summary = hbj("build", str(spec2), "-o", str(parts_dir / "v2-delta.tar"), "--key", key, "--cache-dir",
+            summary = hbj("build", "--no-agent-kit",
+                          str(spec2), "-o", str(parts_dir / "v2-delta.tar"), "--key", key, "--cache-dir",
                           str(work / "cache2"), "--site-inventory", str(inv), "--split", args.split, *common)
             delta_build_s = time.perf_counter() - t0
             parts = sorted(parts_dir.glob("v2-delta.part-*-of-*.tar"))
             carried = sum(p.stat().st_size for p in parts)
             # contrast: the same delta unsplit, and the full v2 (cache2 is warm now)
             full = work / "v2-full.tar"
-            run([hb, "build", str(spec2), "-o", str(full), "--key", key, "--cache-dir", str(work / "cache2"),
+            run([hb, "build", "--no-agent-kit",
+                 str(spec2), "-o", str(full), "--key", key, "--cache-dir", str(work / "cache2"),
                  *common])
             one = work / "v2-delta.tar"
-            run([hb, "build", str(spec2), "-o", str(one), "--key", key, "--cache-dir", str(work / "cache2"),
+            run([hb, "build", "--no-agent-kit",
+                 str(spec2), "-o", str(one), "--key", key, "--cache-dir", str(work / "cache2"),
                  "--site-inventory", str(inv), *common])
 
             # where the carried bytes go (stdlib tarfile), and which blobs the parts carry

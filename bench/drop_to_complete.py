@@ -252,7 +252,8 @@ def main() -> int:
             mirrors = [a for m in net.mirrors for a in ("--mirror", m)]
             sets = [a for k, v in net.sets.items() for a in ("--set", f"{k}={v}")]
             bundle = work / "hydra-ws-1.0.0.tar"
-            demo.hb("build", str(spec_path), "-o", str(bundle), "--key", str(work / "release.key"), "--cache-dir",
+            demo.hb("build", "--no-agent-kit",
+                    str(spec_path), "-o", str(bundle), "--key", str(work / "release.key"), "--cache-dir",
                     str(work / "cache"), "--insecure-registry", net.registry.host, *mirrors, *sets, "--quiet")
         finally:
             net.stop()

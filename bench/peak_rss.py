@@ -282,7 +282,7 @@ def cycle(hb: str, direct: bool, reg: Registry, image_ref: str, srv: ContentServ
         srv.served = 0
         srv.requests.clear()
         os.sync()
-        cmd = [hb, "build", str(work / "spec.yaml"), "-o", str(bundle), "--key", str(key), "--quiet",
+        cmd = [hb, "build", "--no-agent-kit", str(work / "spec.yaml"), "-o", str(bundle), "--key", str(key), "--quiet",
                "--cache-dir", str(cache), "--insecure-registry", reg.host, "--jobs", str(jobs)]
         if direct:
             cmd.append("--direct")
@@ -392,7 +392,8 @@ def main() -> None:
 
     # this interpreter's own entry point first (a pyenv shim earlier on PATH would run another Python)
     hb = hydra_bundle()
-    has_direct = "--direct" in subprocess.run([hb, "build", "--help"], capture_output=True, text=True).stdout
+    has_direct = "--direct" in subprocess.run([hb, "build", "--no-agent-kit",
+                                               "--help"], capture_output=True, text=True).stdout
     if args.cache == "direct" and not has_direct:
         raise SystemExit("hydra-bundle build has no --direct option")
     direct = has_direct and args.cache != "cache"

@@ -1,7 +1,8 @@
 """``make demo``: the whole journey on one machine, offline.
 
-  internet stand-ins → hydra-bundle build (through --mirror) → "USB" copy into the agent's drop dir →
-  agent verifies, ingests, serves → applies to a local kube-apiserver and MariaDB (when available) →
+  internet stand-ins → hydra-bundle build (through --mirror; the agent kit for this host's Python) → "USB" copy →
+  the agent installed from the bundle's own kit (install.sh, with the network cut off where we can) → the agent
+  verifies, ingests, serves → applies to a local kube-apiserver and MariaDB (when available) →
   final `agent status` and how to pull from the embedded registry. Everything runs in a temp dir and is
   stopped and removed at the end (--keep leaves it for a look around).
 """
@@ -182,6 +183,44 @@ def start_site(work: Path, fixtures: Path, log: Callable[[str], None]) -> tuple[
     return site, stops, skipped
 
 
+def kit_wheelhouse() -> Path:
+    """The agent kit's dependency wheels for this host's Python, downloaded once (``~/.cache/hydra-bundle-demo``):
+    the build then takes them with ``--agent-wheelhouse`` (pip ``--no-index``) instead of asking PyPI for six
+    targets on every run. A real build (no --agent-python) covers amd64 and arm64 × CPython 3.11–3.13."""
+    import importlib.metadata
+    import platform
+
+    from hydra_bundle.builder.kit import PLATFORMS, KitOptions, constraints, requirements, resolve_wheels, target_name
+
+    plat = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(platform.machine(), "linux/amd64")
+    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    metadata = importlib.metadata.distribution("hydra-bundle").read_text("METADATA") or ""
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hydra-bundle-demo"
+    target = home / target_name(plat, py).replace("/", "-").replace(" ", "-")
+    resolve_wheels(target, plat, py, requirements(metadata, py, PLATFORMS[plat][0]), constraints(), KitOptions(),
+                   info)
+    return target
+
+
+def install_agent(bundle: Path, pub: Path, prefix: Path) -> Path:
+    """What an operator runs on site: ``tar -xf BUNDLE install.sh`` and ``sh install.sh --pub KEY BUNDLE``.
+    Here ``--no-systemd`` (the demo starts the agent itself) and, as root, with no network at all (``unshare -n``)."""
+    site = prefix.parent
+    subprocess.run(["tar", "-xf", str(bundle), "-C", str(site), "install.sh"], check=True)
+    cmd = ["sh", str(site / "install.sh"), "--pub", str(pub), str(bundle), "--prefix", str(prefix), "--no-systemd"]
+    offline = os.geteuid() == 0 and shutil.which("unshare") is not None
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(site), "LANG": "C.UTF-8",
+           "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull}
+    p = subprocess.run(["unshare", "-n", *cmd] if offline else cmd, env=env, capture_output=True, text=True)
+    for line in p.stdout.splitlines():
+        info(line)
+    if p.returncode != 0:
+        raise SystemExit(f"demo: install.sh failed (exit {p.returncode}):\n{p.stderr.strip()}")
+    info("installed with no network (unshare -n), pip --no-index, from the bundle's kit alone" if offline else
+         "installed from the bundle's kit alone (pip --no-index)")
+    return prefix / "bin" / "hydra-bundle"
+
+
 def helm_releases(kubeconfig: Path) -> list[str]:
     """``namespace/name revision N`` of every deployed release, from Helm's own records (Secrets owner=helm)."""
     from kubernetes import client, config
@@ -232,8 +271,11 @@ def main() -> int:
         mirrors = [a for m in net.mirrors for a in ("--mirror", m)]
         sets = [a for k, v in net.sets.items() for a in ("--set", f"{k}={v}")]
         bundle = work / "hydra-ws-1.0.0.tar"
+        house = kit_wheelhouse()
+        py = f"{sys.version_info[0]}.{sys.version_info[1]}"
         hb("build", str(spec_path), "-o", str(bundle), "--key", str(work / "release.key"), "--cache-dir",
-           str(work / "cache"), "--insecure-registry", net.registry.host, *mirrors, *sets)
+           str(work / "cache"), "--insecure-registry", net.registry.host, *mirrors, *sets,
+           "--agent-python", py, "--agent-wheelhouse", str(house))
         hb("verify", str(bundle), "--pub", str(work / "release.pub"))
 
         say("3/6 carrying the bundle to the site (copy as .part, then rename: the USB convention)")
@@ -249,7 +291,8 @@ def main() -> int:
         for s in skipped:
             info(f"skipped: {s}")
 
-        say("5/6 starting the agent")
+        say("5/6 installing the agent from the bundle (install.sh), then starting it")
+        agent_exe = install_agent(drop / bundle.name, work / "release.pub", work / "site" / "opt")
         reg_port, files_port = free_port(), free_port()
         cfg: dict[str, Any] = {
             "drop_dir": str(drop), "state_dir": str(state), "trusted_keys": [str(work / "release.pub")],
@@ -263,7 +306,7 @@ def main() -> int:
                            "vars": {"nfs_server": "192.0.2.10", "nfs_share": "/exports/hydra"}, **site}
         cfg_path = work / "agent.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        agent = subprocess.Popen([*HB, "agent", "run", "--config", str(cfg_path)],
+        agent = subprocess.Popen([str(agent_exe), "agent", "run", "--config", str(cfg_path)],
                                  stdout=subprocess.DEVNULL, stderr=open(work / "agent.log", "w"))  # noqa: SIM115
         stops.append(agent)
         info(f"registry http://127.0.0.1:{reg_port}  files http://127.0.0.1:{files_port}  log {work / 'agent.log'}")
@@ -276,7 +319,8 @@ def main() -> int:
             if agent.poll() is not None:
                 tail = (work / "agent.log").read_text(errors="replace").splitlines()[-15:]
                 raise SystemExit(f"demo: the agent exited ({agent.returncode}):\n" + "\n".join(tail))
-            out = hb("agent", "status", "--json", "--config", str(cfg_path), capture=True, check=False).stdout
+            out = subprocess.run([str(agent_exe), "agent", "status", "--json", "--config", str(cfg_path)],
+                                 capture_output=True, text=True).stdout
             bundles = json.loads(out or '{"bundles": []}')["bundles"]
             if bundles:
                 b = bundles[0]
@@ -291,7 +335,7 @@ def main() -> int:
                     break
             time.sleep(1)
         print()
-        hb("agent", "status", "--config", str(cfg_path), check=False)
+        subprocess.run([str(agent_exe), "agent", "status", "--config", str(cfg_path)], check=False)
         print()
         ref = f"127.0.0.1:{reg_port}/hydra/vllm-openai:0.8.5.dev940-cpu"
         if shutil.which("skopeo"):

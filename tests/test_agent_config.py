@@ -20,6 +20,7 @@ from hydra_bundle.agent.notify import Notifier
 from hydra_bundle.agent.published import repo_and_tag
 from hydra_bundle.agent.settle import Settler, is_candidate, tar_looks_complete
 from hydra_bundle.bundle.sign import keygen
+from hydra_bundle.kit import installer
 from tests.support.agent import AgentProc, run_cli
 from tests.support.registry import free_port
 
@@ -189,15 +190,22 @@ def test_agent_speaks_sd_notify_and_refuses_a_busy_port(tmp_path: Path, pub: Pat
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     unit = (REPO / "systemd/hydra-bundle-agent.service").read_text()
+    # the unit in the tree is the one install.sh writes for the default prefix
+    assert unit == installer.unit_text(Path("/opt/hydra-bundle"))
     for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=hydra-bundle", "ProtectSystem=strict",
-                "ReadWritePaths=/var/lib/hydra-bundle/state /var/lib/hydra-bundle/drop", "NoNewPrivileges=yes",
-                "PrivateTmp=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
+                "ReadWritePaths=/var/lib/hydra-bundle/state /var/lib/hydra-bundle/drop /opt/hydra-bundle",
+                "NoNewPrivileges=yes", "PrivateTmp=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                "ExecStart=/opt/hydra-bundle/bin/hydra-bundle agent run",
+                f"RestartForceExitStatus={installer.UPGRADE_EXIT}",
+                "RestartPreventExitStatus=2", "LimitNOFILE="):
         assert key in unit
     exe = Path(sys.executable).parent / "hydra-bundle"  # this environment's entry point (not necessarily on PATH)
     assert exe.is_file()
-    # verify needs ExecStart to exist: point it at this environment's entry point
-    (tmp_path / "hydra-bundle-agent.service").write_text(unit.replace("/usr/local/bin/hydra-bundle",
-                                                                      os.path.realpath(exe)))
+    # verify needs ExecStart to exist: a prefix whose launcher is this environment's entry point
+    prefix = tmp_path / "opt"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "hydra-bundle").symlink_to(os.path.realpath(exe))
+    (tmp_path / "hydra-bundle-agent.service").write_text(installer.unit_text(prefix))
     res = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "hydra-bundle-agent.service")],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr

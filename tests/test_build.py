@@ -78,7 +78,7 @@ def _repo(name: str) -> str:
 def build(spec: Path, out: Path, cache: Path, *extra: str | Path, key: Path | None = None,
           hosts: Sequence[str] = (), env: dict[str, str | None] | None = None, expect: int = 0) -> dict:
     """Run `hydra-bundle build --json`; returns the JSON summary (or {} when a failure was expected)."""
-    args: list[str | Path] = ["build", spec, "-o", out, "--cache-dir", cache, "--json", *extra]
+    args: list[str | Path] = ["build", "--no-agent-kit", spec, "-o", out, "--cache-dir", cache, "--json", *extra]
     args += ["--key", key] if key else ["--unsigned"]
     for h in hosts:
         args += ["--insecure-registry", h]
@@ -705,7 +705,8 @@ def test_lock_and_locked_refuses_drift(registry: Registry, tmp_path: Path, file_
     h = ["--insecure-registry", registry.host]
     cache = tmp_path / "cache"
 
-    res = run_cli(["build", spec, "-o", tmp_path / "x.tar", "--unsigned", "--locked", *h, "--cache-dir", cache])
+    res = run_cli(["build", "--no-agent-kit",
+                   spec, "-o", tmp_path / "x.tar", "--unsigned", "--locked", *h, "--cache-dir", cache])
     assert res.exit_code == 2
     assert "lock file" in res.stderr and "does not exist" in res.stderr and "hydra-bundle lock" in res.stderr
 
@@ -784,7 +785,8 @@ def test_memory_stays_flat(registry: Registry, tmp_path: Path) -> None:
     rss = {}
     for name, repo in (("small", small_repo), ("big", big_repo)):
         spec = write_spec(tmp_path / f"{name}.yaml", images=[{"ref": f"{registry.host}/{repo}:1"}])
-        rss[name] = _peak_rss_kib([*cli, "build", str(spec), "-o", str(tmp_path / f"{name}.tar"), "--unsigned",
+        rss[name] = _peak_rss_kib([*cli, "build", "--no-agent-kit",
+                                   str(spec), "-o", str(tmp_path / f"{name}.tar"), "--unsigned",
                                    "-q", "--insecure-registry", registry.host, "--cache-dir", str(tmp_path / "c")])
     assert (tmp_path / "big.tar").stat().st_size > 64 << 20
     assert rss["big"] < 150 * 1024, rss

@@ -21,6 +21,11 @@ def test_demo_runs_the_whole_journey(fixtures_dir: Path) -> None:
     assert "demo finished: complete" in out
     assert "OK: " in out and "blobs verified" in out                  # verify before carrying
     assert "ingest                             done" in out
+    # the agent that ran was installed from the bundle's own kit by install.sh (pip --no-index; no network as root)
+    assert "install.sh: the bundle's signature verifies against" in out
+    assert "kit wheels match the signed index" in out
+    assert "from the bundle's kit alone" in out
+    assert "(installed from a kit at " in out
     assert "skopeo inspect docker://127.0.0.1:" in out and "→ sha256:" in out
     if "skipped: Kubernetes steps" not in out:                        # with a kube-apiserver: applied
         assert "apply:warmup-qwen3-0.6b            done" in out

@@ -15,7 +15,7 @@ PKG = "hydra_bundle"
 # Lower layers never import higher ones; packages of one layer (builder, lint, apply) never import each other.
 LAYERS = [
     {"", "errors", "states"},
-    {"digest", "disk", "retry", "progress"},
+    {"digest", "disk", "retry", "progress", "kit"},
     {"httpio"},
     {"oci"},
     {"bundle"},

@@ -48,7 +48,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
 
 def _build(env: Env, out: Path, *extra: object, spec: Path | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = run_cli(["build", spec or env.spec, "-o", out, "--key", env.key, "--cache-dir", env.d / "cache",
+    res = run_cli(["build", "--no-agent-kit",
+                   spec or env.spec, "-o", out, "--key", env.key, "--cache-dir", env.d / "cache",
                    "--json", *extra], env={"SOURCE_DATE_EPOCH": EPOCH})
     assert res.exit_code == 0, res.output
     return json.loads(res.stdout)
@@ -243,7 +244,8 @@ def test_split_peak_rss_flat(env: Env, tmp_path: Path) -> None:
             "try:\n    cli(sys.argv[1:], standalone_mode=False)\n"
             "finally:\n    hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
             "    print('RSS', hwm, file=sys.stderr)")
-    p = subprocess.run([sys.executable, "-c", code, "build", str(spec), "-o", str(d / "o.tar"), "--key",
+    p = subprocess.run([sys.executable, "-c", code, "build", "--no-agent-kit",
+                        str(spec), "-o", str(d / "o.tar"), "--key",
                         str(env.key), "--cache-dir", str(d / "cache"), "--split", "64MB", "-q"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr

@@ -28,7 +28,7 @@ def _spec(tmp_path: Path, body: str, head: str = HEAD) -> Path:
 def _build_errors(tmp_path: Path, spec: Path) -> list[str]:
     """Build SPEC unsigned; it must fail with exit 2 and write nothing. Returns the stderr lines."""
     out = tmp_path / "out.tar"
-    res = run_cli(["build", spec, "-o", out, "--unsigned", "-q", "--cache-dir", tmp_path / "cache"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", out, "--unsigned", "-q", "--cache-dir", tmp_path / "cache"])
     assert res.exit_code == 2, (res.exit_code, res.output)
     assert res.stdout == ""
     assert not out.exists()
@@ -207,7 +207,7 @@ def test_invalid_yaml_and_unreadable(tmp_path: Path) -> None:
     [line] = _build_errors(tmp_path, spec)
     assert line.startswith(f"{spec}:5: not valid YAML")
     missing = tmp_path / "nope.yaml"
-    res = run_cli(["build", missing, "-o", tmp_path / "o.tar", "--unsigned", "-q"])
+    res = run_cli(["build", "--no-agent-kit", missing, "-o", tmp_path / "o.tar", "--unsigned", "-q"])
     assert res.exit_code == 2 and res.stderr.strip() == f"{missing}: cannot read: No such file or directory"
 
 
@@ -225,11 +225,11 @@ def test_library_error_carries_problems(tmp_path: Path) -> None:
 def test_unsigned_must_be_explicit(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "b.tar"
-    res = run_cli(["build", spec, "-o", out, "--cache-dir", tmp_path / "c"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", out, "--cache-dir", tmp_path / "c"])
     assert res.exit_code == 2
     assert "signing key is required" in res.stderr and "--unsigned" in res.stderr
     key, _ = keypair(tmp_path)
-    res = run_cli(["build", spec, "-o", out, "--key", key, "--unsigned"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", out, "--key", key, "--unsigned"])
     assert res.exit_code == 2 and "exclude each other" in res.stderr
     assert not out.exists()
 
@@ -237,10 +237,10 @@ def test_unsigned_must_be_explicit(tmp_path: Path) -> None:
 def test_bad_output_path_refused_up_front(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml")
     missing = tmp_path / "missing"
-    res = run_cli(["build", spec, "-o", missing / "b.tar", "--unsigned"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", missing / "b.tar", "--unsigned"])
     assert res.exit_code == 2
     assert res.stderr.strip() == f"error: -o {missing / 'b.tar'}: {missing} is not a directory"
-    res = run_cli(["build", spec, "-o", tmp_path, "--unsigned"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", tmp_path, "--unsigned"])
     assert res.exit_code == 2 and res.stderr.strip() == f"error: -o {tmp_path}: is a directory"
 
 
@@ -249,7 +249,7 @@ def test_expires_and_source_date_epoch(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", files=[{"name": "f", "path": "f.txt"}])
     out = tmp_path / "b.tar"
     env = {"SOURCE_DATE_EPOCH": "1700000000"}
-    base = ["build", spec, "-o", out, "--unsigned", "-q", "--cache-dir", tmp_path / "c"]
+    base = ["build", "--no-agent-kit", spec, "-o", out, "--unsigned", "-q", "--cache-dir", tmp_path / "c"]
     res = run_cli([*base, "--expires", "36h"], env=env)
     assert res.exit_code == 0, res.output
     idx = read_index(out)
@@ -269,7 +269,7 @@ def test_empty_bundle_unsigned(tmp_path: Path) -> None:
     """An explicit --unsigned build works; the index says so (no member 2) and verify refuses it."""
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "b.tar"
-    res = run_cli(["build", spec, "-o", out, "--unsigned", "--json", "--cache-dir", tmp_path / "c"])
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", out, "--unsigned", "--json", "--cache-dir", tmp_path / "c"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["signed"] is False and summary["blobs"] == 0
@@ -299,7 +299,7 @@ def test_keygen_with_password(tmp_path: Path) -> None:
     assert key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
     spec = write_spec(tmp_path / "s.yaml")
     out = tmp_path / "b.tar"
-    args = ["build", spec, "-o", out, "--key", key, "-q", "--cache-dir", tmp_path / "c"]
+    args = ["build", "--no-agent-kit", spec, "-o", out, "--key", key, "-q", "--cache-dir", tmp_path / "c"]
 
     res = run_cli(args, env={"HYDRA_BUNDLE_KEY_PASSWORD": "wrong"})
     assert res.exit_code == 2
@@ -320,7 +320,8 @@ def test_bad_public_key_is_usage_error(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml")
     key, _ = keypair(tmp_path)
     out = tmp_path / "b.tar"
-    assert run_cli(["build", spec, "-o", out, "--key", key, "-q", "--cache-dir", tmp_path / "c"]).exit_code == 0
+    assert run_cli(["build", "--no-agent-kit",
+                    spec, "-o", out, "--key", key, "-q", "--cache-dir", tmp_path / "c"]).exit_code == 0
     junk = tmp_path / "junk.pub"
     junk.write_text("not a key\n")
     res = run_cli(["verify", out, "--pub", junk])

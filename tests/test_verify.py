@@ -66,7 +66,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         models=[{"name": "tiny", "path": "model", "files": [{"path": "config.json"}, {"path": "model.safetensors"}]}],
     )
     out = d / "bundle.tar"
-    res = run_cli(["build", spec, "-o", out, "--key", key, "-q", "--cache-dir", d / "cache"],
+    res = run_cli(["build", "--no-agent-kit", spec, "-o", out, "--key", key, "-q", "--cache-dir", d / "cache"],
                   env={"SOURCE_DATE_EPOCH": EPOCH})
     assert res.exit_code == 0, res.output
     return Built(out, key, pub, other_pub, big, manifest)

@@ -88,7 +88,8 @@ def small_bundle(fault_keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> 
                                                                     {"path": "w.safetensors"}]}])
     (d / "spec.yaml").write_text(yaml.safe_dump(spec))
     out = d / "small.tar"
-    res = run_cli(["build", d / "spec.yaml", "-o", out, "--key", fault_keys.key, "-q", "--cache-dir", d / "cache"],
+    res = run_cli(["build", "--no-agent-kit",
+                   d / "spec.yaml", "-o", out, "--key", fault_keys.key, "-q", "--cache-dir", d / "cache"],
                   env={"SOURCE_DATE_EPOCH": "1700000000"})
     assert res.exit_code == 0, res.output
     return _load(out)

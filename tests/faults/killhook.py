@@ -142,12 +142,19 @@ def install() -> None:
         if name == "ingest" and state == "done":
             hit("ingest-before-done")
         orig_finished(self, bundle_id, name, state, *a, **kw)
-        if name == "ingest" and state == "done":
-            hit("between-steps")
         if name in ("publish", "push") and state == "done":
             hit("before-complete")
 
     journal.Journal.step_finished = step_finished  # type: ignore[method-assign]
+
+    orig_started = journal.Journal.step_started
+
+    def step_started(self: journal.Journal, bundle_id: str, name: str) -> None:
+        if name == "publish":  # after ingest (and the agent upgrade step, when the bundle has a kit)
+            hit("between-steps")
+        orig_started(self, bundle_id, name)
+
+    journal.Journal.step_started = step_started  # type: ignore[method-assign]
 
     orig_publish = published.Published.publish
 

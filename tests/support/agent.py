@@ -37,7 +37,7 @@ def build_bundle(workdir: Path, spec: dict[str, Any], key: Path, out: Path, inse
     spec_path = workdir / f"{md['name']}-{md['version']}.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     opts = BuildOptions(cache_dir=cache or workdir / "cache", key_path=key, insecure=set(insecure),
-                        expires=expires, jobs=2)
+                        expires=expires, jobs=2, agent_kit=False)
     return Builder(load_spec(spec_path), opts).build(out)
 
 
@@ -75,6 +75,8 @@ class AgentProc:
         self.log = self.root / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}      # extra environment of the agent and of `cli` commands
+        self.cmd: list[str] = list(CLI)    # the hydra-bundle to run (an installed agent: [PREFIX/bin/hydra-bundle])
+        self.wrap: list[str] = []          # run `agent run` under this (a network namespace, a supervisor)
 
     @property
     def registry(self) -> str:
@@ -91,7 +93,7 @@ class AgentProc:
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> AgentProc:
         self.drop.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([*CLI, "agent", "run", "--config", str(self.config)],
+            self.proc = subprocess.Popen([*self.wrap, *self.cmd, "agent", "run", "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self.env, **(env or {})})
         if wait:
@@ -133,7 +135,8 @@ class AgentProc:
         self.proc = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = run_cli("agent", *args, "--config", str(self.config), env=self.env)
+        res = subprocess.run([*self.cmd, "agent", *args, "--config", str(self.config)], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, **self.env})
         if check and res.returncode != 0:
             raise AssertionError(f"agent {' '.join(args)} exited {res.returncode}: {res.stderr}")
         return res

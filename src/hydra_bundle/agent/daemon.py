@@ -16,15 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import Cancelled, HydraError
+from ..kit.installer import UPGRADE_EXIT
 from ..states import BundleState, Outcome
+from . import upgrade
 from .config import AgentConfig
 from .file_server import FileHandler
 from .httpbase import Server
 from .lock import PipelineLock
 from .metrics import Metrics, MetricsHandler
 from .notify import Notifier
-from .pipeline import Pipeline, Result
+from .pipeline import RESTART, Pipeline, Result
 from .registry_server import RegistryHandler
 from .schema import open_database
 from .settle import Settler, Verdict
@@ -42,7 +45,9 @@ class Agent:
         self.wake = threading.Event()
         self.metrics = Metrics()
         self.db = open_database(config.journal_path)
-        self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result, self._activity)
+        self.pipeline = Pipeline(config, self.db, self.stop, self._progress, self._on_result, self._activity,
+                                 daemon=True)
+        self.upgraded = False    # a step installed a newer agent: exit UPGRADE_EXIT for systemd to start it
         self.metrics.attach(self.pipeline.journal, self.pipeline.published)
         self.notifier = notifier or Notifier()
         self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
@@ -66,6 +71,11 @@ class Agent:
 
     def _on_result(self, r: Result) -> None:
         self.metrics.results.labels(r.state).inc()
+        if r.reason == RESTART:
+            log.info("restarting into the new agent", extra={"kv": {"detail": r.detail}})
+            self.upgraded = True
+            self.stop.set()
+            self.wake.set()
 
     def health(self) -> dict[str, Any]:
         try:
@@ -139,7 +149,8 @@ class Agent:
         self.start_servers()
         self.watcher.start()
         self.notifier.ready(self._status_line())
-        log.info("agent ready", extra={"kv": {"drop_dir": str(self.config.drop_dir),
+        upgrade.started(self.pipeline.journal)  # serving: a pending upgrade to this version succeeded
+        log.info("agent ready", extra={"kv": {"version": __version__, "drop_dir": str(self.config.drop_dir),
                                               "state_dir": str(self.config.state_dir), "pid": os.getpid()}})
         hb = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         hb.start()
@@ -153,7 +164,7 @@ class Agent:
             self.watcher.stop()
             self.stop_servers()
             self.db.close()
-        return 0
+        return UPGRADE_EXIT if self.upgraded else 0
 
     def _on_signal(self, *_args: object) -> None:
         self.stop.set()

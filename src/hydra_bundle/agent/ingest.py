@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..bundle import LAYOUT_INDEX_NAME, LAYOUT_NAME
+from ..bundle import INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME
 from ..bundle.index import BundleIndex
 from ..bundle.reader import OpenBundle
 from ..disk import human_bytes
@@ -80,7 +80,7 @@ def _stream(ctx: StepContext, ob: OpenBundle) -> tuple[int, int, int]:
 
     for m in ob.members():
         ctx.check_stop()
-        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME):
+        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
             m.read_into(None, progress)  # verified; the store keeps its own layout files
             continue
         if store.put_member(m, progress):
@@ -115,7 +115,7 @@ def ingest_part(store: Store, ob: OpenBundle, limits: Limits, progress: Callable
 
     for m in ob.members():
         check_stop()
-        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME):
+        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
             m.read_into(None, prog)
         elif m.name in segs:
             n += store.put_segment(segs[m.name].blob, segs[m.name].offset, m, prog)

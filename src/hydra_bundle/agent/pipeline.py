@@ -3,6 +3,7 @@
 The steps of every bundle, in order (:func:`step_defs`)::
 
     ingest    (agent.ingest)    copy every member into the content store, verifying each blob
+    upgrade   (agent.upgrade)   a newer agent kit in the bundle: install it beside this agent and restart into it
     publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
     push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
     apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
@@ -38,7 +39,7 @@ from ..digest import sha256_bytes
 from ..disk import disk_full
 from ..errors import Cancelled, VerifyError
 from ..states import FINISHED, BundleState, Outcome
-from . import deploy, ingest, publish, push
+from . import deploy, ingest, publish, push, upgrade
 from .config import AgentConfig
 from .db import Database
 from .journal import Journal
@@ -51,6 +52,8 @@ from .status import missing_parts
 from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
+
+RESTART = "agent-restart"   # Result.reason: the agent upgraded itself and must restart (exit UPGRADE_EXIT)
 
 # Reasons that may just mean "the copy is not finished yet": re-check the file before quarantining.
 _MAYBE_UNSETTLED = {"truncated", "missing-member", "not-a-tar", "bad-layout", "digest-mismatch"}
@@ -71,7 +74,10 @@ class Result:
 
 def step_defs(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
     """The steps of ``index`` on this agent, in order (module docstring)."""
-    out = [StepDef("ingest", ingest.run), StepDef("publish", publish.run)]
+    out = [StepDef("ingest", ingest.run)]
+    if index.components.kits:  # the bundle carries the agent: maybe newer than this one
+        out.append(StepDef("upgrade", upgrade.run))
+    out.append(StepDef("publish", publish.run))
     if config.push is not None:
         out.append(StepDef("push", push.run))
     out += deploy.journal_steps(index, config)
@@ -89,7 +95,7 @@ def _sig(st: os.stat_result) -> tuple[int, int, int]:
 class Pipeline:
     def __init__(self, config: AgentConfig, db: Database | None = None, stop: threading.Event | None = None,
                  progress: Callable[[int], None] | None = None, on_result: Callable[[Result], None] | None = None,
-                 status: Callable[[str], None] | None = None):
+                 status: Callable[[str], None] | None = None, daemon: bool = False):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.db = db or open_database(config.journal_path)
@@ -102,6 +108,7 @@ class Pipeline:
         self.progress = progress or (lambda _n: None)
         self.on_result = on_result or (lambda _r: None)
         self.status = status or (lambda _s: None)
+        self.daemon = daemon     # the agent daemon: steps may restart it (a kit upgrade)
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         return self.lock.held()
@@ -298,7 +305,7 @@ class Pipeline:
              st: os.stat_result | None = None, explicit: bool = False) -> Result:
         self.lock.owner(bid)
         ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
-                          self.progress, log, status=self.status, explicit=explicit)
+                          self.progress, log, status=self.status, explicit=explicit, daemon=self.daemon)
         try:
             out = run_steps(ctx, step_defs(idx, self.config))
         except VerifyError as e:
@@ -317,6 +324,8 @@ class Pipeline:
             log.warning("cannot record the drop file", extra={"kv": {"file": str(path), "error": str(e)}})
         if out.state == Outcome.COMPLETE:
             log.info("bundle complete", extra={"kv": {"bundle": idx.name, "version": idx.version, "digest": bid}})
+        if out.restart:
+            return Result(out.state, bid, idx.name, idx.version, RESTART, out.detail)
         return Result(out.state, bid, idx.name, idx.version, None if out.state == Outcome.COMPLETE else out.step,
                       out.detail)
 

@@ -12,7 +12,8 @@ from ..errors import HydraError
 from .published import RefRow, repo_and_tag
 from .runner import StepContext
 
-KIND = {"images": "image", "charts": "chart", "manifests": "manifest", "files": "file", "models": "model"}
+KIND = {"images": "image", "charts": "chart", "manifests": "manifest", "files": "file", "models": "model",
+        "kits": "kit"}
 
 
 def refs_of(index: BundleIndex) -> list[RefRow]:

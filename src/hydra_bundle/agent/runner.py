@@ -55,6 +55,12 @@ class StepPending(Exception):
     step stays ``pending`` with that detail, the bundle is ``waiting`` and the step is retried later."""
 
 
+class Restart(Exception):
+    """Raised by a step that is done but needs the agent restarted before anything else runs (it installed a
+    newer agent): the step is recorded ``done`` with this detail, the run ends, the daemon exits for systemd to
+    start the new version, which resumes the bundle."""
+
+
 class Blocked(StepPending):
     """Like StepPending, but the steps after it must not run (e.g. ingest lacks a blob a delta bundle left
     out): the step stays ``pending``, the bundle ``waiting`` with this detail, and the run ends here."""
@@ -76,6 +82,7 @@ class StepContext:
     progress: Callable[[int], None] = lambda _n: None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("hydra_bundle.agent"))
     explicit: bool = False     # an operator's `agent apply`: even a superseded bundle is applied
+    daemon: bool = False       # run by `agent run` (which may restart itself), not a one-shot command
     added: list[str] = field(default_factory=list)          # blobs this run added to the store (removed on refusal)
     scratch: dict[str, object] = field(default_factory=dict)  # a step's own state kept for later steps of the run
     status: Callable[[str], None] = lambda _s: None         # what the agent is doing (systemd STATUS=)
@@ -107,6 +114,7 @@ class RunResult:
     state: Outcome             # COMPLETE | FAILED | WAITING | INTERRUPTED
     step: str | None = None
     detail: str | None = None
+    restart: bool = False      # a step asked for the agent to restart (Restart)
 
 
 def run_steps(ctx: StepContext, defs: list[StepDef]) -> RunResult:
@@ -203,6 +211,10 @@ def _run_steps(ctx: StepContext, defs: list[StepDef]) -> RunResult:
         except Cancelled:
             j.step_finished(ctx.bundle_id, d.name, StepState.PENDING, "interrupted (agent stopping)")
             return RunResult(Outcome.INTERRUPTED, d.name)
+        except Restart as e:
+            j.step_finished(ctx.bundle_id, d.name, StepState.DONE, str(e), ctx.result)
+            ctx.log.info("step done; the agent restarts", extra=_kv(ctx, step=d.name, detail=str(e)))
+            return RunResult(Outcome.INTERRUPTED, d.name, str(e), restart=True)
         except VerifyError as e:
             j.step_finished(ctx.bundle_id, d.name, StepState.FAILED, str(e))
             raise

@@ -130,6 +130,8 @@ class SiteConfig(_Strict):
     mysql: MySQLSite | None = None
     storage_class: str = Field("nfs-csi", description="NFS storage class for model Datasets")
     tls: TLSSite | None = Field(None, description="gateway certificate files; default: issued by the site CA")
+    helm: Path | None = Field(None, description="ignored: charts install in-process; kept so older configs still "
+                                                "load after a self-upgrade")
     timeout: float = Field(600.0, description="default step timeout (duration: 90s, 10m)")
     simulated_gpu_nodes: list[str] = Field(
         [], description="nodes labelled for fake-gpu-operator when no GPU exists; default: every schedulable node")

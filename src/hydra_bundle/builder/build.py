@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from .. import __version__
-from ..bundle import FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME
+from ..bundle import FORMAT, INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME
 from ..bundle import index as ix
 from ..bundle.parts import WrittenPart, plan_split
 from ..bundle.sign import load_private_key, sign
@@ -35,6 +35,7 @@ from ..spec.model import BundleSpec
 from .cache import BlobCache
 from .context import BlobTask, Context, Finished
 from .delta import load_inventory, omit_present
+from .kit import KitOptions, build_kit
 from .sources import make_sources
 
 DIRECT_MIN = 1 << 20  # --direct: smaller blobs still go through the cache (cheap, and rebuilds reuse them)
@@ -56,6 +57,8 @@ class BuildOptions:
     split: int | None = None              # max part size (--split); None: one tar
     site_inventory: Path | None = None    # --site-inventory: leave out blobs the site holds
     direct: bool = False                  # --direct: uncached pinned blobs go straight into the bundle
+    agent_kit: bool = True                # --no-agent-kit leaves the agent's wheels and install.sh out
+    kit: KitOptions = field(default_factory=KitOptions)
 
 
 @dataclass
@@ -292,7 +295,8 @@ class Builder:
             for f in futures:
                 f.result()
 
-    def compose(self, finished: list[Finished], created: datetime) -> tuple[ix.BundleIndex, dict[str, bytes]]:
+    def compose(self, finished: list[Finished], created: datetime,
+                installer: bytes | None = None) -> tuple[ix.BundleIndex, dict[str, bytes]]:
         layout_index = canonical_json({
             "schemaVersion": 2, "mediaType": mt.OCI_INDEX,
             "manifests": [f.top.json() for f in finished],
@@ -316,8 +320,11 @@ class Builder:
             platforms=self.opts.platforms or self.spec.platforms, components=comps,
             layout={k: ix.Member(digest=sha256_bytes(v), size=len(v)) for k, v in layout.items()},
             blobs=blobs, spec=self.spec.model_dump(mode="json", exclude_none=True, by_alias=True),
+            installer=ix.Member(digest=sha256_bytes(installer), size=len(installer)) if installer else None,
         )
         index.validate_self()
+        if installer:
+            layout[INSTALLER_NAME] = installer
         return index, layout
 
     def build(self, out: Path) -> BuildResult:
@@ -340,7 +347,14 @@ class Builder:
         site = load_inventory(self.opts.site_inventory) if self.opts.site_inventory else None
         self.site = site
         _, finished = self.resolve_and_fetch()
-        index, layout = self.compose(finished, created)
+        installer = None
+        if self.opts.agent_kit:
+            self.rep.stage("agent kit", None)
+            kit = build_kit(self.opts.platforms or self.spec.platforms, self.opts.kit, self.cache,
+                            tag_for(self.spec.metadata.version), self.rep.log)
+            finished.append(kit.finished)
+            installer = kit.installer
+        index, layout = self.compose(finished, created, installer)
         omitted = omit_present(index, site) if site is not None else (0, 0)
         written: list[WrittenPart] = []
         try:

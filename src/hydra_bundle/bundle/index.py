@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..digest import canonical_json
 from ..errors import VerifyError
-from . import BLOB_PREFIX, FORMAT, LAYOUT_INDEX_NAME, LAYOUT_NAME, SEGMENT_PREFIX
+from . import BLOB_PREFIX, FORMAT, INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, SEGMENT_PREFIX
 
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 MAX_INDEX_BYTES = 64 << 20  # an index larger than this is refused before it is read
@@ -121,15 +121,35 @@ class Model(Component):
     files: list[FileRef]
 
 
+class KitWheel(_Model):
+    """One wheel of the agent kit and the hosts (``linux/amd64 cp311``) it is installed on."""
+
+    file: str
+    digest: str
+    size: int = Field(ge=0)
+    targets: list[str]
+
+
+class Kit(Component):
+    """The agent itself, as wheels for every supported platform and CPython, installed by ``install.sh`` (or by a
+    running agent that is older)."""
+
+    version: str             # of hydra-bundle
+    pythons: list[str]
+    platforms: list[str]
+    wheels: list[KitWheel]
+
+
 class Components(_Model):
     images: list[Image] = []
     charts: list[Chart] = []
     manifests: list[Manifests] = []
     files: list[File] = []
     models: list[Model] = []
+    kits: list[Kit] = []
 
     def all(self) -> list[Component]:
-        return [*self.images, *self.charts, *self.manifests, *self.files, *self.models]
+        return [*self.images, *self.charts, *self.manifests, *self.files, *self.models, *self.kits]
 
 
 class BundleIndex(_Model):
@@ -147,6 +167,7 @@ class BundleIndex(_Model):
     blobs: list[Blob]          # in tar order
     spec: dict[str, Any] = {}  # the normalized spec (deploy steps, values) for the agent
     parts: Parts | None = None  # split bundles only: which part holds which members
+    installer: Member | None = None  # ``install.sh`` (bundles with an agent kit), the member after the signature
 
     @field_validator("created", "expires")
     @classmethod
@@ -175,6 +196,8 @@ class BundleIndex(_Model):
 
         For a split bundle ``part`` (1-based) selects what that part holds; omitted blobs are never members."""
         out = {name: (m.digest, m.size) for name, m in self.layout.items()}
+        if self.installer is not None:
+            out[INSTALLER_NAME] = (self.installer.digest, self.installer.size)
         if self.parts is None:
             for b in self.blobs:
                 if not b.omitted:
@@ -253,13 +276,17 @@ class BundleIndex(_Model):
         return parse_time(self.expires) <= (now or datetime.now(UTC))
 
     @property
+    def _member_bytes(self) -> int:
+        return sum(m.size for m in self.layout.values()) + (self.installer.size if self.installer else 0)
+
+    @property
     def total_size(self) -> int:
-        return sum(b.size for b in self.blobs) + sum(m.size for m in self.layout.values())
+        return sum(b.size for b in self.blobs) + self._member_bytes
 
     @property
     def carried_size(self) -> int:
         """Bytes of content the tar (or the set of parts) actually carries (omitted blobs excluded)."""
-        return sum(b.size for b in self.blobs if not b.omitted) + sum(m.size for m in self.layout.values())
+        return sum(b.size for b in self.blobs if not b.omitted) + self._member_bytes
 
 
 def parse_time(text: str) -> datetime:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..digest import canonical_json
 from ..disk import fsync_dir
 from ..errors import UsageError
-from . import INDEX_NAME, PART_NAME, SEGMENT_PREFIX, SIG_NAME
+from . import INDEX_NAME, INSTALLER_NAME, PART_NAME, SEGMENT_PREFIX, SIG_NAME
 from .index import Blob, BundleIndex, Part, Parts, Segment
 from .tarwriter import BLOCK, RECORD, TarWriter
 
@@ -104,6 +104,7 @@ def fixed_overhead(index: BundleIndex, index_len: int, count: int, signed: bool)
     n = TarWriter.member_size(INDEX_NAME, index_len)
     n += TarWriter.member_size(SIG_NAME, 96) if signed else 0
     n += TarWriter.member_size(PART_NAME, len(part_json(PLACEHOLDER, count, count)))
+    n += TarWriter.member_size(INSTALLER_NAME, index.installer.size) if index.installer is not None else 0
     n += sum(TarWriter.member_size(k, m.size) for k, m in index.layout.items())
     return n + 2 * BLOCK + RECORD
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..digest import sha256_bytes
 from ..errors import VerifyError
-from . import INDEX_NAME, PART_NAME, SIG_NAME
+from . import INDEX_NAME, INSTALLER_NAME, PART_NAME, SIG_NAME
 from .index import MAX_INDEX_BYTES, BundleIndex
 from .sign import key_id, verify
 from .tarreader import Entry, TarReader
@@ -55,7 +55,7 @@ class OpenBundle:
     _file: BinaryIO
     _expected: dict[str, tuple[str, int]] = field(default_factory=dict)
     _done: set[str] = field(default_factory=set)
-    _pending: Entry | None = None  # first layout member of an unsigned bundle, already read from the tar
+    _pending: list[Entry] = field(default_factory=list)  # members already read from the tar (install.sh, …)
     part: int | None = None        # split bundles: which part (1-based) this file is
 
     @functools.cached_property
@@ -65,10 +65,10 @@ class OpenBundle:
 
     def members(self) -> Iterator[BlobMember]:
         """Yield each remaining member; refuses unknown ones and sizes that differ from the index."""
-        entries = iter(self.reader)
-        if self._pending is not None:
+        entries: Iterator[Entry] = iter(self.reader)
+        if self._pending:
             entries = _chain(self._pending, entries)
-            self._pending = None
+            self._pending = []
         for e in entries:
             exp = self._expected.get(e.name)
             if exp is None:
@@ -96,8 +96,8 @@ class OpenBundle:
         self.close()
 
 
-def _chain(first: Entry, rest: Iterator[Entry]) -> Iterator[Entry]:
-    yield first
+def _chain(first: list[Entry], rest: Iterator[Entry]) -> Iterator[Entry]:
+    yield from first
     yield from rest
 
 
@@ -145,12 +145,17 @@ def open_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicK
             signer = key_id(verify(keys, index_bytes, sig))
         index = BundleIndex.from_bytes(index_bytes)
         index.validate_self()
-        pending = second if second is not None and second.name != SIG_NAME else None
+        nxt = second if second is not None and second.name != SIG_NAME else next(it, None)
+        pending: list[Entry] = []
+        if nxt is not None and nxt.name == INSTALLER_NAME and index.installer is not None:
+            pending.append(nxt)  # install.sh: an expected member like the others (checked by digest when read)
+            nxt = next(it, None)
         part = None
         if index.parts is not None:
-            pm = pending if pending is not None else next(it, None)
-            pending = None
-            part = _read_part(reader, pm, index, index_bytes)
+            part = _read_part(reader, nxt, index, index_bytes)
+            nxt = None
+        if nxt is not None:
+            pending.append(nxt)
         return OpenBundle(p, index, index_bytes, sig, signer, reader, f, index.expected_members(part),
                           _pending=pending, part=part)
     except BaseException:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..digest import sha256_bytes
 from ..disk import ensure_free_space, fsync_dir
 from ..errors import HydraError
-from . import INDEX_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, PART_NAME, SIG_NAME
+from . import INDEX_NAME, INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, PART_NAME, SIG_NAME
 from .index import Blob, BundleIndex
 from .parts import WrittenPart, part_json, part_names, part_size, write_sums
 from .tarwriter import TarWriter
@@ -26,6 +26,8 @@ def bundle_size(index: BundleIndex, index_bytes: bytes, sig: bytes | None) -> in
     n = TarWriter.member_size(INDEX_NAME, len(index_bytes))
     if sig is not None:
         n += TarWriter.member_size(SIG_NAME, len(sig))
+    if index.installer is not None:
+        n += TarWriter.member_size(INSTALLER_NAME, index.installer.size)
     for name, m in index.layout.items():
         n += TarWriter.member_size(name, m.size)
     for b in index.blobs:
@@ -46,6 +48,7 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
                  direct: Collection[str] = (), fill: Fill | None = None) -> int:
     """Write the bundle to ``out`` atomically (temp name, fsync, rename). Returns its size.
 
+    ``layout`` holds the bytes of ``oci-layout``, ``index.json`` and (with a kit) ``install.sh``.
     ``verify(digest)`` says which blobs to re-hash while copying (content not verified in this process).
     Blobs in ``direct`` are not copied from ``blob_path``: their members are laid out with holes (every size is
     in the index, so every offset is known) and ``fill`` writes them in place, e.g. straight from a registry;
@@ -68,6 +71,8 @@ def write_bundle(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes |
             w.add_bytes(INDEX_NAME, index_bytes)
             if sig is not None:
                 w.add_bytes(SIG_NAME, sig)
+            if index.installer is not None:
+                w.add_bytes(INSTALLER_NAME, layout[INSTALLER_NAME])
             w.add_bytes(LAYOUT_NAME, layout[LAYOUT_NAME])
             w.add_bytes(LAYOUT_INDEX_NAME, layout[LAYOUT_INDEX_NAME])
             for b in index.blobs:
@@ -115,6 +120,8 @@ def write_parts(out: Path, index: BundleIndex, index_bytes: bytes, sig: bytes | 
                 w.add_bytes(INDEX_NAME, index_bytes)
                 if sig is not None:
                     w.add_bytes(SIG_NAME, sig)
+                if index.installer is not None:
+                    w.add_bytes(INSTALLER_NAME, layout[INSTALLER_NAME])
                 w.add_bytes(PART_NAME, part_json(idx_digest, k, index.parts.count))
                 w.add_bytes(LAYOUT_NAME, layout[LAYOUT_NAME])
                 w.add_bytes(LAYOUT_INDEX_NAME, layout[LAYOUT_INDEX_NAME])

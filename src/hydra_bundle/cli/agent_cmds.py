@@ -70,13 +70,16 @@ def status_cmd(config_path: Path | None, as_json: bool, verbose: bool) -> None:
     """What is on this site: bundles with version, sequence, digest, state, steps (with what the apply steps
     changed, their notes and outputs, e.g. the /etc/hosts line for the gateway) and components."""
     from ..agent.status import bundle_status
+    from ..agent.upgrade import info
 
     cfg = load_config(config_path)
     _, j = open_journal(cfg)
     bundles = bundle_status(j)
+    agent = info()
     if as_json:
-        emit_json({"bundles": bundles})
+        emit_json({"agent": agent.json(), "bundles": bundles})
         return
+    click.echo(agent.text())
     if not bundles:
         click.echo("no bundles yet")
     for b in bundles:

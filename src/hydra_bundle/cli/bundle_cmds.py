@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..builder.build import Builder, lock_path_for
+from ..builder.kit import KitOptions
 from ..bundle.parts import describe, parse_split
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
@@ -42,14 +43,24 @@ def keygen_cmd(prefix: Path) -> None:
               help="Write media-sized parts OUT.part-01-of-NN.tar (+ SHA256SUMS) instead of one tar.")
 @click.option("--site-inventory", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Delta: leave out blobs this site inventory (`agent inventory -o`) lists.")
+@click.option("--no-agent-kit", is_flag=True,
+              help="Leave out the agent kit (the agent's wheels for every platform and Python, and install.sh).")
+@click.option("--agent-python", "agent_pythons", multiple=True, metavar="3.X",
+              help="Build the agent kit for these CPython versions only (repeatable) [default: 3.11, 3.12, 3.13].")
+@click.option("--agent-index", default=None, metavar="URL",
+              help="Index to get the agent kit's dependency wheels from [default: pip's configured index].")
+@click.option("--agent-wheelhouse", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Directory of wheels for the agent kit: with no --agent-index the only source (pip --no-index); "
+                   "a hydra-bundle wheel there is used as the agent's own.")
 @click.option("--direct", is_flag=True,
               help="Stream pinned blobs that are not cached straight into the bundle (each byte written once; "
                    "they are not kept in the cache, so a rebuild downloads them again). Not with --split.")
 @source_options
 @handle_errors
 def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, locked: bool, lock_file: Path | None,
-              expires: str | None, split: str | None, site_inventory: Path | None, direct: bool, quiet: bool,
-              as_json: bool, **src: object) -> None:
+              expires: str | None, split: str | None, site_inventory: Path | None, no_agent_kit: bool,
+              agent_pythons: tuple[str, ...], agent_index: str | None, agent_wheelhouse: Path | None, direct: bool,
+              quiet: bool, as_json: bool, **src: object) -> None:
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
     if key_path and unsigned:
         raise UsageError("--key and --unsigned exclude each other")
@@ -60,6 +71,8 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     opts = build_options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
                     split=parse_split(split) if split else None, site_inventory=site_inventory, direct=direct,
+                    agent_kit=not no_agent_kit,
+                    kit=KitOptions(list(agent_pythons) or None, agent_index, agent_wheelhouse),
                     **src)  # type: ignore[arg-type]
     rep = reporter(quiet, as_json)
     try:
@@ -77,9 +90,11 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         if res.omitted[0]:
             click.echo(f"delta: left out {res.omitted[0]} blobs ({human_bytes(res.omitted[1])}) the site holds")
         what = f"{len(res.parts)} parts" if res.parts else str(out)
+        kit = (f", agent kit {c.kits[0].version} ({len(c.kits[0].wheels)} wheels for "
+               f"{', '.join(c.kits[0].platforms)} × CPython {', '.join(c.kits[0].pythons)})" if c.kits else "")
         click.echo(f"wrote {what}: {human_bytes(res.size)}, {len(res.index.blobs)} blobs, {len(c.images)} images, "
                    f"{len(c.charts)} charts, {len(c.manifests)} manifests, {len(c.files)} files, "
-                   f"{len(c.models)} models ({human_bytes(res.downloaded)} downloaded, "
+                   f"{len(c.models)} models{kit} ({human_bytes(res.downloaded)} downloaded, "
                    f"{human_bytes(res.cached)} from cache, {res.seconds:.1f}s)")
 
 
@@ -189,11 +204,15 @@ def inspect_cmd(bundle: Path, as_json: bool) -> None:
         for p in info["parts"]:  # type: ignore[attr-defined]
             click.echo(f"  part {p['part']}: {p['blobs']} blobs, {p['segments']} segments, {human_bytes(p['bytes'])}")
     sizes = {b.digest: b.size for b in idx.blobs}
-    for kind in ("images", "charts", "manifests", "files", "models"):
+    for kind in ("images", "charts", "manifests", "files", "models", "kits"):
         items = getattr(idx.components, kind)
         if not items:
             continue
         click.echo(f"{kind}:")
         for c in items:
             extra = f"  [{', '.join(c.platforms)}]" if kind == "images" else ""
+            if kind == "kits":
+                extra = (f"  agent {c.version}, {len(c.wheels)} wheels, {', '.join(c.platforms)} × CPython "
+                         f"{', '.join(c.pythons)}; install: tar -xf {bundle.name} install.sh && sh install.sh "
+                         f"--pub KEY.pub {bundle.name}")
             click.echo(f"  {c.ref}  {c.digest[:19]}  {human_bytes(sum(sizes[d] for d in c.blobs))}{extra}")

@@ -33,7 +33,7 @@ def load_index(path: Path) -> BundleIndex:
 def diff_indexes(old: BundleIndex, new: BundleIndex) -> dict[str, Any]:
     def comps(idx: BundleIndex) -> dict[str, tuple[str, str]]:
         out = {}
-        for kind in ("images", "charts", "manifests", "files", "models"):
+        for kind in ("images", "charts", "manifests", "files", "models", "kits"):
             for c in getattr(idx.components, kind):
                 out[c.ref] = (kind[:-1], c.digest)
         return out
