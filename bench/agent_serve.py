@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 
 from bench.common import gbps, hydra_bundle, machine, python_sha256_rate, run, save, wait_healthy
+from hydra_bundle.oci.sitename import site_name
 from tests.support.images import push_random_image
 from tests.support.registry import Registry, free_port
 
@@ -90,13 +91,14 @@ def main() -> None:
             times: dict[str, list[float]] = {"agent": [], "docker-registry": []}
             rss: dict[str, float] = {}
             servers = [("agent", f"127.0.0.1:{port}"), ("docker-registry", reg.host)]
+            paths = {"agent": site_name(f"{reg.host}/bench/big").repository, "docker-registry": "bench/big"}
             for rnd in range(3):
                 for name, host in servers if rnd % 2 == 0 else servers[::-1]:
                     os.sync()  # no writeback left over from the previous pull
                     out = (args.pull_dir or work) / f"hb-bench-pull-{name}"
                     shutil.rmtree(out, ignore_errors=True)
                     r = run(["skopeo", "copy", "--quiet", "--preserve-digests", "--src-tls-verify=false",
-                             f"docker://{host}/bench/big:v1", f"oci:{out}:v1"])
+                             f"docker://{host}/{paths[name]}:v1", f"oci:{out}:v1"])
                     got = json.loads((out / "index.json").read_text())["manifests"][0]["digest"]
                     assert got == img.digest, (name, got, img.digest)
                     times[name].append(r.seconds)
@@ -107,7 +109,8 @@ def main() -> None:
             raw: dict[str, list[float]] = {"agent": [], "docker-registry": []}
             for rnd in range(3):
                 for name, host in servers if rnd % 2 == 0 else servers[::-1]:
-                    r = run(["curl", "-sf", "-o", "/dev/null", f"http://{host}/v2/bench/big/blobs/{big_layer[0]}"])
+                    r = run(["curl", "-sf", "-o", "/dev/null",
+                             f"http://{host}/v2/{paths[name]}/blobs/{big_layer[0]}"])
                     raw[name].append(r.seconds)
         finally:
             agent.send_signal(signal.SIGTERM)

@@ -337,7 +337,7 @@ def main() -> int:
         print()
         subprocess.run([str(agent_exe), "agent", "status", "--config", str(cfg_path)], check=False)
         print()
-        ref = f"127.0.0.1:{reg_port}/hydra/vllm-openai:0.8.5.dev940-cpu"
+        ref = f"127.0.0.1:{reg_port}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu"  # the host stays in it
         if shutil.which("skopeo"):
             p = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
                                text=True)

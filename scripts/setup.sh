@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(docker-registry skopeo openssl rclone mariadb-server etcd-server podman python3-venv curl systemd)
+APT_PKGS=(docker-registry skopeo openssl rclone mariadb-server etcd-server podman python3-venv curl systemd containerd)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

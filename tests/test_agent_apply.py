@@ -34,7 +34,7 @@ LB_IP = "10.64.24.211"
 VENDOR_TABLE = ("CREATE TABLE IF NOT EXISTS vendor (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL, "
                 "display_name JSON NULL) CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
 VLLM_NOTE = ("CPU inference: deployment parameters --dtype=half --max-model-len=8192, image "
-             "${site.registry}/hydra/vllm-openai:0.8.5.dev940-cpu")
+             "${site.registry}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu")
 
 GATEWAY = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -244,7 +244,7 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         chart = steps["apply:chart-demo"]
         command = chart["result"]["command"]
         assert command[:4] == ["helm", "upgrade", "--install", "demo"] and "--plain-http" in command
-        assert command[4] == f"oci://{agent.registry}/agent/charts/demo"
+        assert command[4] == f"oci://{agent.registry}/{agent_site.served('agent/charts/demo')}"
         assert b["reason"] == "step-pending" and "apply:chart-demo: the Helm library (helm-python-sdk) cannot load: " \
             "HelmLibraryError: found the helm-c library at" in b["detail"]
         assert " ".join(command) in b["detail"]
@@ -260,7 +260,7 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         assert gw is not None and gw["spec"]["listeners"][1]["hostname"] == "cn-sh-a1"
         app = kube.get("apps/v1", "Deployment", "app", "hydra-system")
         assert app is not None and app["spec"]["template"]["spec"]["containers"][0]["image"] == \
-            f"{agent.registry}/agent/app:1.0"
+            f"{agent.registry}/{agent_site.served('agent/app')}:1.0"
         labels = {n: (kube.get("v1", "Node", n) or {})["metadata"].get("labels", {}) for n in ("cp-1", "worker-1")}
         assert labels["worker-1"]["run.ai/simulated-gpu-node-pool"] == "default"
         assert "run.ai/simulated-gpu-node-pool" not in labels["cp-1"]
@@ -295,9 +295,11 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
             tomllib.loads(s.split("\n", 1)[1])
         files = json.loads(agent.cli("mirror-config", "--json", "--format", "containerd").stdout)["files"]
         toml = tomllib.loads(files[f"/etc/containerd/certs.d/{host}/hosts.toml"])
-        assert toml["server"] == f"https://{host}" and f"http://{agent.registry}" in toml["host"]
+        assert toml["server"] == f"https://{host}"
+        assert toml["host"] == {f"http://{agent.registry}/v2/{agent_site.site_host}": {
+            "capabilities": ["pull", "resolve"], "override_path": True}}
         crio = tomllib.loads(agent.cli("mirror-config", "--format", "crio").stdout.split("\n", 1)[1])
-        assert crio["registry"][0]["mirror"][0]["location"] == agent.registry
+        assert crio["registry"][0]["mirror"][0]["location"] == f"{agent.registry}/{agent_site.site_host}"
 
         # ---- the operator ran the pending helm command: `agent apply` re-runs everything and completes
         values = yaml.safe_load(Path(command[command.index("--values") + 1]).read_text())

@@ -17,10 +17,10 @@ import yaml
 from hydra_bundle.agent.httpbase import parse_range
 from hydra_bundle.agent.log import LogfmtFormatter
 from hydra_bundle.agent.notify import Notifier
-from hydra_bundle.agent.published import repo_and_tag
 from hydra_bundle.agent.settle import Settler, is_candidate, tar_looks_complete
 from hydra_bundle.bundle.sign import keygen
 from hydra_bundle.kit import installer
+from hydra_bundle.oci.sitename import lookup_repository, site_name
 from tests.support.agent import AgentProc, run_cli
 from tests.support.registry import free_port
 
@@ -85,15 +85,40 @@ def test_example_config_is_valid(tmp_path: Path, pub: Path) -> None:
     assert cfg.low_ports() == [81]
 
 
-def test_repository_names_drop_the_registry_host() -> None:
-    assert repo_and_tag("release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu") == \
-        ("hydra/vllm-openai", "0.8.5.dev940-cpu", None)
-    assert repo_and_tag("docker.io/library/ubuntu:24.04") == ("library/ubuntu", "24.04", None)
-    assert repo_and_tag("ubuntu:24.04") == ("library/ubuntu", "24.04", None)
-    assert repo_and_tag("127.0.0.1:5000/a/b@sha256:" + "a" * 64) == ("a/b", None, "sha256:" + "a" * 64)
-    assert repo_and_tag("oci://ghcr.io/x/charts/demo:1.0.0+build.1") == ("x/charts/demo", "1.0.0_build.1", None)
-    assert repo_and_tag("hydra-bundle/models/qwen3-06b:1.0") == ("hydra-bundle/models/qwen3-06b", "1.0", None)
-    assert repo_and_tag("charts/metallb:0.16.1") == ("charts/metallb", "0.16.1", None)
+def test_site_names_keep_the_registry_host() -> None:
+    def name(ref: str, kind: str = "images") -> tuple[str, str | None, str | None]:
+        n = site_name(ref, kind)
+        return n.repository, n.tag, n.digest
+
+    assert name("release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu") == \
+        ("release.daocloud.io/hydra/vllm-openai", "0.8.5.dev940-cpu", None)
+    # every spelling of a Docker Hub image is one name
+    for ref in ("docker.io/library/ubuntu:24.04", "ubuntu:24.04", "docker.io/ubuntu:24.04",
+                "registry-1.docker.io/library/ubuntu:24.04", "index.docker.io/ubuntu:24.04"):
+        assert name(ref) == ("docker.io/library/ubuntu", "24.04", None), ref
+    assert name("registry-1.docker.io/nginx:1") == ("docker.io/library/nginx", "1", None)
+    # two registries' images with one path stay apart
+    assert name("ghcr.io/example/app:1.0")[0] != name("quay.io/example/app:1.0")[0]
+    assert name("127.0.0.1:5000/a/b@sha256:" + "a" * 64) == ("127.0.0.1_5000/a/b", None, "sha256:" + "a" * 64)
+    assert name("oci://ghcr.io/x/charts/demo:1.0.0+build.1", "charts") == \
+        ("ghcr.io/x/charts/demo", "1.0.0_build.1", None)
+    assert name("hydra-bundle/models/qwen3-06b:1.0", "models") == ("hydra-bundle/models/qwen3-06b", "1.0", None)
+    assert name("charts/metallb:0.16.1", "charts") == ("charts/metallb", "0.16.1", None)
+
+
+@pytest.mark.parametrize(("path", "ns", "repo"), [
+    ("docker.io/library/ubuntu", None, "docker.io/library/ubuntu"),      # direct pull, rewritten manifests
+    ("library/ubuntu", "docker.io", "docker.io/library/ubuntu"),         # containerd mirror without a path
+    ("docker.io/library/ubuntu", "docker.io", "docker.io/library/ubuntu"),  # our hosts.toml (override_path)
+    ("ubuntu", "registry-1.docker.io", "docker.io/library/ubuntu"),
+    ("pause", "quay.io", "quay.io/pause"),                               # never registry.k8s.io/pause
+    ("registry.k8s.io/pause", "quay.io", "quay.io/registry.k8s.io/pause"),  # ns decides the registry
+    ("127.0.0.1_5000/agent/app", "127.0.0.1:5000", "127.0.0.1_5000/agent/app"),
+    ("hydra-bundle/models/q", None, "hydra-bundle/models/q"),            # our own artifacts
+    ("library/ubuntu", None, "library/ubuntu"),                          # no host: not an image name
+])
+def test_requests_map_to_exactly_one_site_name(path: str, ns: str | None, repo: str) -> None:
+    assert lookup_repository(path, ns) == repo
 
 
 def test_parse_range() -> None:

@@ -16,7 +16,7 @@ from hydra_bundle.bundle import INDEX_NAME
 from hydra_bundle.bundle.tarreader import TarReader
 from tests.support import agent_fixtures
 from tests.support.agent import AgentProc, run_cli, wait_for
-from tests.support.agent_fixtures import Built, Keys, sha256_file, store_files
+from tests.support.agent_fixtures import Built, Keys, Site, sha256_file, store_files
 
 agent_keys, agent_site, agent_bundles = (agent_fixtures.agent_keys, agent_fixtures.agent_site,
                                        agent_fixtures.agent_bundles)  # fixtures
@@ -112,8 +112,9 @@ def test_plain_copy_is_picked_up_when_it_settles_not_at_the_next_rescan(tmp_path
         agent.wait_state("demo", "1.0.0", "complete", timeout=30)  # not the 120 s rescan
 
 
-def test_refused_bundles_are_quarantined_and_nothing_is_served(tmp_path: Path, agent_keys: Keys,
+def test_refused_bundles_are_quarantined_and_nothing_is_served(tmp_path: Path, agent_keys: Keys, agent_site: Site,
                                                                 agent_bundles: dict[str, Built]) -> None:
+    app = agent_site.served("agent/app")
     demo1 = agent_bundles["demo1"]
     work = tmp_path / "w"
     work.mkdir()
@@ -143,7 +144,7 @@ def test_refused_bundles_are_quarantined_and_nothing_is_served(tmp_path: Path, a
         assert sorted(p.name for p in agent.drop.iterdir()) == []
         # nothing of them is served, and no blob was left in the store
         assert catalog(agent) == []
-        r = httpx.get(f"http://{agent.registry}/v2/agent/app/manifests/1.0")
+        r = httpx.get(f"http://{agent.registry}/v2/{app}/manifests/1.0")
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
         assert httpx.get(f"{agent.files_url}/model/tiny/config.json").status_code == 404
         assert [k for k in store_files(agent.state) if not k.startswith("tmp/")] == []
@@ -154,17 +155,17 @@ def test_refused_bundles_are_quarantined_and_nothing_is_served(tmp_path: Path, a
         agent.drop_file(demo1.path, "demo1.tar")
         b = agent.wait_state("demo", "1.0.0", "complete")
         assert b["digest"] == demo1.digest
-        assert "agent/app" in catalog(agent)
+        assert app in catalog(agent)
         # and a refused bundle dropped later does not disturb what is served
         agent.drop_file(work / "resigned.tar", "resigned-again.tar")
         wait_for(lambda: len(agent.quarantined()) == len(expected) + 1, 30, "second quarantine")
-        assert httpx.get(f"http://{agent.registry}/v2/agent/app/manifests/1.0").status_code == 200
+        assert httpx.get(f"http://{agent.registry}/v2/{app}/manifests/1.0").status_code == 200
         out = json.loads(agent.cli("status", "--json").stdout)["bundles"]
         by_state = {(b["name"], b["state"]) for b in out}
         assert ("demo", "complete") in by_state and ("stale", "quarantined") in by_state
 
 
-def test_kill9_during_ingest_then_restart_converges(tmp_path: Path, agent_keys: Keys,
+def test_kill9_during_ingest_then_restart_converges(tmp_path: Path, agent_keys: Keys, agent_site: Site,
                                                      agent_bundles: dict[str, Built]) -> None:
     big = agent_bundles["big"]
     root = tmp_path / "a"
@@ -199,7 +200,7 @@ def test_kill9_during_ingest_then_restart_converges(tmp_path: Path, agent_keys: 
         files = store_files(agent.state)
         assert not [k for k in files if k.startswith("tmp/")]
         assert {f"sha256:{k}" for k in files} == {x.digest for x in big.index.blobs}
-        r = httpx.get(f"http://{agent.registry}/v2/agent/big/manifests/1.0",
+        r = httpx.get(f"http://{agent.registry}/v2/{agent_site.served('agent/big')}/manifests/1.0",
                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
         assert r.status_code == 200 and r.headers["docker-content-digest"] == big.index.components.images[0].digest
         assert "recovered after an unclean stop" in agent.log.read_text()
@@ -212,7 +213,7 @@ def catalog_or_none(agent: AgentProc) -> list[str] | None:
         return None
 
 
-def test_duplicate_is_a_noop_and_downgrade_is_refused(tmp_path: Path, agent_keys: Keys,
+def test_duplicate_is_a_noop_and_downgrade_is_refused(tmp_path: Path, agent_keys: Keys, agent_site: Site,
                                                        agent_bundles: dict[str, Built]) -> None:
     with AgentProc(tmp_path / "a", [agent_keys.release_pub], drops="delete") as agent:
         agent.start()
@@ -240,7 +241,7 @@ def test_duplicate_is_a_noop_and_downgrade_is_refused(tmp_path: Path, agent_keys
         assert q["reason"] == "downgrade" and "allow_downgrade" in q["detail"]
         assert agent.bundle("demo", "0.9.0")["state"] == "quarantined"  # type: ignore[index]
         # served content is still v2's
-        tags = httpx.get(f"http://{agent.registry}/v2/agent/app/tags/list").json()["tags"]
+        tags = httpx.get(f"http://{agent.registry}/v2/{agent_site.served('agent/app')}/tags/list").json()["tags"]
         assert tags == ["1.0", "2.0"]
 
     with AgentProc(tmp_path / "b", [agent_keys.release_pub], allow_downgrade=True) as agent:

@@ -38,6 +38,7 @@ def raw(ref: str, *extra: str) -> bytes:
 def test_push_mode_into_a_second_registry(tmp_path: Path, agent_keys: Keys, agent_site: Site,
                                           agent_bundles: dict[str, Built], fresh_registry: Registry) -> None:
     target = fresh_registry.host
+    at = f"{target}/{agent_site.site_host}"   # site names keep the source registry's host
     with AgentProc(tmp_path / "a", [agent_keys.release_pub], push={"registry": target, "insecure": True}) as agent:
         agent.start()
         agent.drop_file(agent_bundles["demo1"].path)
@@ -46,35 +47,35 @@ def test_push_mode_into_a_second_registry(tmp_path: Path, agent_keys: Keys, agen
         assert push["state"] == "done" and "5 references" in push["detail"], push
 
         # single-platform image and untouched multi-arch index: same digests, pulled by tag
-        assert inspect(f"docker://{target}/agent/app:1.0")["Digest"] == agent_site.app1.digest
-        multi = raw(f"docker://{target}/agent/multi:1.0")
+        assert inspect(f"docker://{at}/agent/app:1.0")["Digest"] == agent_site.app1.digest
+        multi = raw(f"docker://{at}/agent/multi:1.0")
         assert "sha256:" + hashlib.sha256(multi).hexdigest() == agent_site.multi_digest
         # filtered to one platform: the tag resolves to the kept child (its digest preserved)
-        info = inspect(f"docker://{target}/agent/filtered:1.0")
+        info = inspect(f"docker://{at}/agent/filtered:1.0")
         assert info["Digest"] == agent_site.filtered[0].digest and info["Architecture"] == "amd64"
         # filtered to two of three platforms: a rewritten index with the kept children, each pullable by tag
-        idx = json.loads(raw(f"docker://{target}/agent/filtered3:1.0"))
+        idx = json.loads(raw(f"docker://{at}/agent/filtered3:1.0"))
         assert [m["digest"] for m in idx["manifests"]] == [i.digest for i in agent_site.filtered3[:2]]
         out = tmp_path / "pulled"
         for arch, img in (("amd64", agent_site.filtered3[0]), ("arm64", agent_site.filtered3[1])):
             subprocess.run(["skopeo", "copy", "--preserve-digests", "--src-tls-verify=false", "--override-arch", arch,
-                            f"docker://{target}/agent/filtered3:1.0", f"oci:{out}:{arch}"], check=True,
+                            f"docker://{at}/agent/filtered3:1.0", f"oci:{out}:{arch}"], check=True,
                            capture_output=True, timeout=120)
             layout = json.loads((out / "index.json").read_text())["manifests"]
             got = next(m for m in layout if m["annotations"]["org.opencontainers.image.ref.name"] == arch)
             assert got["digest"] == img.digest
         subprocess.run(["skopeo", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
-                        f"docker://{target}/agent/filtered3:1.0", f"oci:{out}:x"], check=True, capture_output=True,
+                        f"docker://{at}/agent/filtered3:1.0", f"oci:{out}:x"], check=True, capture_output=True,
                        timeout=120)
         # the chart, digest preserved
-        r = get_manifest(target, "agent/charts/demo", "0.1.0")
+        r = get_manifest(target, f"{agent_site.site_host}/agent/charts/demo", "0.1.0")
         assert r.status_code == 200 and r.headers["docker-content-digest"] == agent_site.chart_digest
 
         # a second bundle: blobs already there are skipped, the new image is pushed
         agent.drop_file(agent_bundles["demo2"].path)
         b2 = agent.wait_state("demo", "2.0.0", "complete")
         assert "1 references" in b2["steps"][-1]["detail"]
-        assert inspect(f"docker://{target}/agent/app:2.0")["Digest"] == agent_site.app2.digest
+        assert inspect(f"docker://{at}/agent/app:2.0")["Digest"] == agent_site.app2.digest
 
 
 def test_push_with_credentials_prefix_and_retry(tmp_path: Path, agent_keys: Keys, agent_site: Site,
@@ -93,7 +94,8 @@ def test_push_with_credentials_prefix_and_retry(tmp_path: Path, agent_keys: Keys
         assert b["reason"] == "step-failed" and "push" in b["detail"]
         assert "s3cret" not in agent.log.read_text() and "wrong" not in agent.log.read_text()
         # published anyway: the embedded registry serves it while the push waits for a retry
-        assert httpx.get(f"http://{agent.registry}/v2/agent/app/tags/list").json()["tags"] == ["2.0"]
+        app = agent_site.served("agent/app")
+        assert httpx.get(f"http://{agent.registry}/v2/{app}/tags/list").json()["tags"] == ["2.0"]
     # fix the credentials; on restart the failed step is retried (after retry_interval) and completes
     import yaml
 
@@ -104,5 +106,6 @@ def test_push_with_credentials_prefix_and_retry(tmp_path: Path, agent_keys: Keys
         agent.start()
         b = agent.wait_state("demo", "2.0.0", "complete")
         assert [s["state"] for s in b["steps"]] == ["done", "done", "done"]
-        got = inspect(f"docker://{auth_registry.host}/mirror/agent/app:2.0", "--creds", f"{user}:{pw}")
+        got = inspect(f"docker://{auth_registry.host}/mirror/{agent_site.site_host}/agent/app:2.0", "--creds",
+                      f"{user}:{pw}")
         assert got["Digest"] == agent_site.app2.digest

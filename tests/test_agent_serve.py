@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hydra_bundle.oci.sitename import site_name
 from tests.support import agent_fixtures
 from tests.support.agent import AgentProc
 from tests.support.agent_fixtures import Built, Keys, Site
@@ -53,8 +54,9 @@ def test_skopeo_pulls_every_image_with_identical_digests(served: AgentProc, agen
     reg = served.registry
     out = tmp_path / "layout"
     for img in agent_bundles["demo1"].index.components.images:
-        repo = img.ref.split("/", 1)[1]
-        name = repo.rsplit(":", 1)[0].replace("/", "-")
+        sn = site_name(img.ref)
+        repo = f"{sn.repository}:{sn.tag}"     # the source registry's host stays in the name
+        name = img.ref.split("/", 1)[1].rsplit(":", 1)[0].replace("/", "-")
         if img.platforms and len(img.platforms) > 1 and "filtered3" not in img.ref:
             got = skopeo_copy(f"docker://{reg}/{repo}", out, name, "--all")  # every platform is in the bundle
             assert got["digest"] == img.digest
@@ -77,30 +79,32 @@ def test_skopeo_pulls_every_image_with_identical_digests(served: AgentProc, agen
 
 def test_registry_api(served: AgentProc, agent_site: Site, agent_bundles: dict[str, Built]) -> None:
     base = f"http://{served.registry}/v2"
+    src = agent_site.site_host
     with httpx.Client() as c:
         r = c.get(f"{base}/")
         assert r.status_code == 200 and r.headers["docker-distribution-api-version"] == "registry/2.0"
         repos = c.get(f"{base}/_catalog").json()["repositories"]
-        assert repos == sorted(["agent/app", "agent/multi", "agent/filtered", "agent/filtered3", "agent/charts/demo",
+        assert repos == sorted([f"{src}/agent/app", f"{src}/agent/multi", f"{src}/agent/filtered",
+                                f"{src}/agent/filtered3", f"{src}/agent/charts/demo",
                                 "hydra-bundle/models/tiny", "hydra-bundle/files/tool"])
         page = c.get(f"{base}/_catalog", params={"n": 2})
         assert page.json()["repositories"] == repos[:2] and 'rel="next"' in page.headers["link"]
-        assert c.get(f"{base}/agent/app/tags/list").json() == {"name": "agent/app", "tags": ["1.0"]}
-        assert c.get(f"{base}/agent/charts/demo/tags/list").json()["tags"] == ["0.1.0"]
+        assert c.get(f"{base}/{src}/agent/app/tags/list").json() == {"name": f"{src}/agent/app", "tags": ["1.0"]}
+        assert c.get(f"{base}/{src}/agent/charts/demo/tags/list").json()["tags"] == ["0.1.0"]
 
         app = agent_site.app1
-        h = c.head(f"{base}/agent/app/manifests/1.0", headers={"Accept": OCI_ACCEPT})
+        h = c.head(f"{base}/{src}/agent/app/manifests/1.0", headers={"Accept": OCI_ACCEPT})
         assert h.status_code == 200 and h.headers["docker-content-digest"] == app.digest
         assert h.headers["content-type"] == app.media_type and int(h.headers["content-length"]) == len(app.manifest)
-        g = c.get(f"{base}/agent/app/manifests/{app.digest}")
+        g = c.get(f"{base}/{src}/agent/app/manifests/{app.digest}")
         assert g.content == app.manifest
-        chart = c.get(f"{base}/agent/charts/demo/manifests/0.1.0")
+        chart = c.get(f"{base}/{src}/agent/charts/demo/manifests/0.1.0")
         assert chart.headers["docker-content-digest"] == agent_site.chart_digest
-        filt = c.get(f"{base}/agent/filtered/manifests/1.0")
+        filt = c.get(f"{base}/{src}/agent/filtered/manifests/1.0")
         assert filt.headers["content-type"] == "application/vnd.docker.distribution.manifest.list.v2+json"
 
         layer = app.layers[1]
-        url = f"{base}/agent/app/blobs/sha256:{hashlib.sha256(layer).hexdigest()}"
+        url = f"{base}/{src}/agent/app/blobs/sha256:{hashlib.sha256(layer).hexdigest()}"
         h = c.head(url)
         assert h.status_code == 200 and int(h.headers["content-length"]) == len(layer)
         assert h.headers["docker-content-digest"].endswith(hashlib.sha256(layer).hexdigest())
@@ -114,16 +118,30 @@ def test_registry_api(served: AgentProc, agent_site: Site, agent_bundles: dict[s
         assert r.status_code == 206 and r.content == layer[-10:]
         assert c.get(url, headers={"Range": f"bytes={len(layer)}-"}).status_code == 416
 
-        for method, path in [("PUT", "agent/app/manifests/9.9"), ("POST", "agent/app/blobs/uploads/"),
-                             ("DELETE", f"agent/app/manifests/{app.digest}"), ("PATCH", "agent/app/blobs/uploads/x")]:
+        for method, path in [("PUT", f"{src}/agent/app/manifests/9.9"), ("POST", f"{src}/agent/app/blobs/uploads/"),
+                             ("DELETE", f"{src}/agent/app/manifests/{app.digest}"),
+                             ("PATCH", f"{src}/agent/app/blobs/uploads/x")]:
             r = c.request(method, f"{base}/{path}", content=b"{}")
             assert r.status_code == 405, (method, path)
             assert r.json()["errors"][0]["code"] == "UNSUPPORTED"
         r = c.get(f"{base}/nope/manifests/1.0")
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
-        r = c.get(f"{base}/agent/app/manifests/9.9")
+        # without its host an image is not found: never guessed, never another registry's image
+        r = c.get(f"{base}/agent/app/manifests/1.0")
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+        # containerd's mirror form: the path without the host, ?ns= names it
+        r = c.get(f"{base}/agent/app/manifests/1.0", params={"ns": agent_site.registry.host},
+                  headers={"Accept": OCI_ACCEPT})
+        assert r.status_code == 200 and r.headers["docker-content-digest"] == app.digest
+        r = c.get(f"{base}/agent/app/manifests/1.0", params={"ns": "quay.io"}, headers={"Accept": OCI_ACCEPT})
+        assert r.status_code == 404
+        # page sizes of 0 and digits that are not ASCII are answered, not crashed on
+        assert c.get(f"{base}/_catalog", params={"n": 0}).json() == {"repositories": []}
+        assert c.get(f"{base}/{src}/agent/app/tags/list", params={"n": 0}).json()["tags"] == []
+        assert c.get(f"{base}/_catalog", params={"n": "²"}).status_code == 200
+        r = c.get(f"{base}/{src}/agent/app/manifests/9.9")
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
-        r = c.get(f"{base}/agent/app/blobs/sha256:{'0' * 64}")
+        r = c.get(f"{base}/{src}/agent/app/blobs/sha256:{'0' * 64}")
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     # the store itself is a valid OCI layout with ref names (skopeo can read it directly)
     index = json.loads((served.state / "store/index.json").read_text())

@@ -303,15 +303,15 @@ def test_workload_images_are_rewritten_to_the_site_registry(kube_apiserver: Any,
         return [c["image"] for lst in ("initContainers", "containers") for c in node.get(lst) or []]
 
     tmpl = ["spec", "template", "spec"]
-    assert images("Deployment", "vllm", "apps/v1", tmpl) == [f"{REG}/library/ubuntu:24.04",
-                                                              f"{REG}/hydra/vllm-openai:0.8.5.dev940-cpu"]
-    assert images("StatefulSet", "sts", "apps/v1", tmpl) == [f"{REG}/istio/pilot:1.24.2"]
-    assert images("DaemonSet", "speaker", "apps/v1", tmpl) == [f"{REG}/metallb/speaker:v0.16.1"]
-    assert images("Job", "job", "batch/v1", tmpl) == [f"{REG}/baizeai/dataset-data-loader:v0.1.11"]
+    assert images("Deployment", "vllm", "apps/v1", tmpl) == [
+        f"{REG}/docker.io/library/ubuntu:24.04", f"{REG}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu"]
+    assert images("StatefulSet", "sts", "apps/v1", tmpl) == [f"{REG}/docker.io/istio/pilot:1.24.2"]
+    assert images("DaemonSet", "speaker", "apps/v1", tmpl) == [f"{REG}/quay.io/metallb/speaker:v0.16.1"]
+    assert images("Job", "job", "batch/v1", tmpl) == [f"{REG}/ghcr.io/baizeai/dataset-data-loader:v0.1.11"]
     assert images("CronJob", "cron", _cronjob_api(kube), ["spec", "jobTemplate", "spec", "template", "spec"]) == [
-        f"{REG}/library/ubuntu:22.04"]
-    assert images("Pod", "pod", "v1", ["spec"]) == [f"{REG}/library/busybox:1.36",
-                                                    f"{REG}/run-ai/fake-gpu-operator/status-exporter:0.0.63"]
+        f"{REG}/docker.io/library/ubuntu:22.04"]
+    assert images("Pod", "pod", "v1", ["spec"]) == [
+        f"{REG}/docker.io/library/busybox:1.36", f"{REG}/ghcr.io/run-ai/fake-gpu-operator/status-exporter:0.0.63"]
 
 
 def _patch_status(kube: Kube, path: str, status: dict[str, Any]) -> None:

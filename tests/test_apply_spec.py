@@ -241,23 +241,27 @@ def test_parse_manifests_substitutes_in_values_only_and_names_lines() -> None:
 # ============================================================== image rewriting and mirrors
 
 @pytest.mark.parametrize(("ref", "expected"), [
-    ("release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu", f"{SITE}/hydra/vllm-openai:0.8.5.dev940-cpu"),
-    ("ubuntu:24.04", f"{SITE}/library/ubuntu:24.04"),
-    ("ubuntu", f"{SITE}/library/ubuntu"),
-    ("docker.io/istio/pilot:1.24.2", f"{SITE}/istio/pilot:1.24.2"),
-    ("ghcr.io/run-ai/fake-gpu-operator/device-plugin", f"{SITE}/run-ai/fake-gpu-operator/device-plugin"),
-    ("quay.io/metallb/speaker:v0.16.1@sha256:" + "a" * 64, f"{SITE}/metallb/speaker:v0.16.1@sha256:" + "a" * 64),
-    (f"{SITE}/library/ubuntu:22.04", f"{SITE}/library/ubuntu:22.04"),
-    ("localhost:5000/x/y:1", f"{SITE}/x/y:1"),
+    ("release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu",
+     f"{SITE}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu"),
+    ("ubuntu:24.04", f"{SITE}/docker.io/library/ubuntu:24.04"),
+    ("ubuntu", f"{SITE}/docker.io/library/ubuntu"),
+    ("registry-1.docker.io/library/ubuntu:24.04", f"{SITE}/docker.io/library/ubuntu:24.04"),
+    ("docker.io/istio/pilot:1.24.2", f"{SITE}/docker.io/istio/pilot:1.24.2"),
+    ("ghcr.io/run-ai/fake-gpu-operator/device-plugin", f"{SITE}/ghcr.io/run-ai/fake-gpu-operator/device-plugin"),
+    ("quay.io/metallb/speaker:v0.16.1@sha256:" + "a" * 64,
+     f"{SITE}/quay.io/metallb/speaker:v0.16.1@sha256:" + "a" * 64),
+    (f"{SITE}/docker.io/library/ubuntu:22.04", f"{SITE}/docker.io/library/ubuntu:22.04"),
+    ("localhost:5000/x/y:1", f"{SITE}/localhost_5000/x/y:1"),
 ])
 def test_rewrite_image(ref: str, expected: str) -> None:
     assert rewrite_image(ref, SITE) == expected
 
 
 def test_rewrite_image_with_prefix() -> None:
-    assert rewrite_image("ubuntu:24.04", "harbor.site:443/mirror") == "harbor.site:443/mirror/library/ubuntu:24.04"
-    assert rewrite_image("harbor.site:443/mirror/library/ubuntu:24.04", "harbor.site:443/mirror") == \
-        "harbor.site:443/mirror/library/ubuntu:24.04"
+    assert rewrite_image("ubuntu:24.04", "harbor.site:443/mirror") == \
+        "harbor.site:443/mirror/docker.io/library/ubuntu:24.04"
+    assert rewrite_image("harbor.site:443/mirror/docker.io/library/ubuntu:24.04", "harbor.site:443/mirror") == \
+        "harbor.site:443/mirror/docker.io/library/ubuntu:24.04"
 
 
 POD = {"initContainers": [{"name": "i", "image": "ubuntu:24.04"}],
@@ -278,8 +282,9 @@ POD = {"initContainers": [{"name": "i", "image": "ubuntu:24.04"}],
 def test_rewrite_workloads_every_container_list(api_version: str, kind: str, wrap: Any) -> None:
     obj = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "w"}, **wrap(json.loads(json.dumps(POD)))}
     changes = rewrite_workload_images(obj, SITE)
-    assert [c.new for c in changes] == [f"{SITE}/library/ubuntu:24.04",
-                                        f"{SITE}/hydra/vllm-openai:0.8.5.dev940-cpu", f"{SITE}/library/busybox:1.36"]
+    assert [c.new for c in changes] == [f"{SITE}/docker.io/library/ubuntu:24.04",
+                                        f"{SITE}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu",
+                                        f"{SITE}/docker.io/library/busybox:1.36"]
     assert [img for _, img in workload_images(obj)] == [c.new for c in changes]
     assert changes[0].path.endswith("initContainers[0].image")
     assert rewrite_workload_images(obj, SITE) == []  # idempotent
@@ -303,16 +308,17 @@ def test_mirror_config_is_valid_toml_per_upstream() -> None:
     assert sorted(files) == [f"/etc/containerd/certs.d/{u}/hosts.toml" for u in ups]
     docker = tomllib.loads(files["/etc/containerd/certs.d/docker.io/hosts.toml"])
     assert docker == {"server": "https://registry-1.docker.io",
-                      "host": {f"http://{SITE}": {"capabilities": ["pull", "resolve"]}}}
+                      "host": {f"http://{SITE}/v2/docker.io": {"capabilities": ["pull", "resolve"],
+                                                              "override_path": True}}}
     quay = tomllib.loads(files["/etc/containerd/certs.d/quay.io/hosts.toml"])
     assert quay["server"] == "https://quay.io"
     tls = tomllib.loads(mirror_config(["ghcr.io"], "reg.site:443/hydra", "https", True)[
         "/etc/containerd/certs.d/ghcr.io/hosts.toml"])
-    assert tls["host"] == {"https://reg.site:443/v2/hydra": {"capabilities": ["pull", "resolve"],
-                                                              "override_path": True, "skip_verify": True}}
+    assert tls["host"] == {"https://reg.site:443/v2/hydra/ghcr.io": {"capabilities": ["pull", "resolve"],
+                                                                      "override_path": True, "skip_verify": True}}
     crio = tomllib.loads(crio_registries_conf(ups, SITE))
     assert [r["prefix"] for r in crio["registry"]] == ups
-    assert crio["registry"][0]["mirror"] == [{"location": SITE, "insecure": True}]
+    assert crio["registry"][0]["mirror"] == [{"location": f"{SITE}/docker.io", "insecure": True}]
 
 
 def test_site_mirror_files_for_a_bundle() -> None:
@@ -327,7 +333,7 @@ def test_site_mirror_files_for_a_bundle() -> None:
 
 def test_chart_site_repository() -> None:
     assert chart_site_repository("oci://ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator", "x") == \
-        "run-ai/fake-gpu-operator/fake-gpu-operator"
+        "ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator"
     assert chart_site_repository("https://baizeai.github.io/charts", "dataset") == "charts/dataset"
     assert chart_site_repository("https://baizeai.github.io/charts", "dataset", "mirror") == "mirror/charts/dataset"
 
@@ -351,18 +357,18 @@ def test_chart_values_rewrite_the_fake_gpu_operator_keys(fixtures_dir: Path) -> 
         assert isinstance(node, str)
     values = chart_values({"topology": {"migStrategy": "none"}}, {"topology": {"nodePoolLabelKey": "k"}},
                           FAKE_GPU_IMAGE_VALUES, ["global.imageRegistry"], SITE)
-    assert values["devicePlugin"]["image"]["repository"] == f"{SITE}/run-ai/fake-gpu-operator/device-plugin"
-    assert values["ubuntu"]["image"]["repository"] == f"{SITE}/library/ubuntu"
+    assert values["devicePlugin"]["image"]["repository"] == f"{SITE}/ghcr.io/run-ai/fake-gpu-operator/device-plugin"
+    assert values["ubuntu"]["image"]["repository"] == f"{SITE}/docker.io/library/ubuntu"
     assert values["topology"] == {"migStrategy": "none", "nodePoolLabelKey": "k"}
     assert values["global"]["imageRegistry"] == SITE
 
 
 def test_helm_command_for_an_operator() -> None:
     """What an operator runs when the Helm library cannot load on this host."""
-    rel = HelmRelease("gpu-operator", "gpu-operator", f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator",
+    rel = HelmRelease("gpu-operator", "gpu-operator", f"oci://{SITE}/ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator",
                       "fake-gpu-operator", "0.0.63", {}, plain_http=True, kubeconfig="/etc/k.conf", timeout=300)
     assert rel.cli_args("/v.yaml") == [
-        "upgrade", "--install", "gpu-operator", f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator",
+        "upgrade", "--install", "gpu-operator", f"oci://{SITE}/ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator",
         "--version", "0.0.63", "--namespace", "gpu-operator", "--kubeconfig", "/etc/k.conf", "--create-namespace",
         "--values", "/v.yaml", "--plain-http", "--wait", "--atomic", "--timeout", "300s"]
     tls = HelmRelease("r", "ns", "oci://reg:443/c", "c", "1", {}, plain_http=False, skip_verify=True, wait=False,
@@ -406,12 +412,12 @@ def test_chart_without_the_helm_library_is_pending_with_the_exact_command(
     assert res.state == "pending" and res.command is not None
     values_file = tmp_path / "state/helm/hydra-ws-gpu-operator-fake-gpu-operator.values.yaml"
     assert res.command == ["helm", "upgrade", "--install", "fake-gpu-operator",
-                           f"oci://{SITE}/run-ai/fake-gpu-operator/fake-gpu-operator", "--version", "0.0.63",
+                           f"oci://{SITE}/ghcr.io/run-ai/fake-gpu-operator/fake-gpu-operator", "--version", "0.0.63",
                            "--namespace", "gpu-operator", "--create-namespace", "--values", str(values_file),
                            "--plain-http", "--wait", "--atomic", "--timeout", "300s"]
     values = yaml.safe_load(values_file.read_text())
     assert values["environment"]["resourceReservationNamespace"] == "jxj31-mspider-reservation"
-    assert values["migFaker"]["image"]["repository"] == f"{SITE}/run-ai/fake-gpu-operator/mig-faker"
+    assert values["migFaker"]["image"]["repository"] == f"{SITE}/ghcr.io/run-ai/fake-gpu-operator/mig-faker"
     assert values["topology"]["nodePoolLabelKey"] == "run.ai/simulated-gpu-node-pool"  # from the spec's chart
     assert stat.S_IMODE(values_file.stat().st_mode) == 0o600
     assert res.summary.startswith("the Helm library (helm-python-sdk) cannot load: OSError: libc too old")
@@ -474,7 +480,8 @@ def test_plan_lists_every_action_in_order_offline(tmp_path: Path) -> None:
                                                 "hydra-bundle.io/digest": "sha256:" + "1" * 64}
     assert any("managed-by=Helm" in n for n in plan.notes)
     text = plan.text()
-    assert "release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu → 10.0.0.5:5000/hydra/vllm-openai" in text
+    assert ("release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu → "
+            "10.0.0.5:5000/release.daocloud.io/hydra/vllm-openai") in text
     assert "[only if no node advertises nvidia.com/gpu]" in text
     assert "label-node  Node (every schedulable node)  (run.ai/simulated-gpu-node-pool=default)" in text
     assert "sql-upsert  hydra.vendor name='alibaba'" in text

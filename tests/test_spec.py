@@ -132,8 +132,19 @@ def test_platforms_default(tmp_path: Path) -> None:
               - ref: nginx
               - ref: docker.io/library/nginx:latest
             """,
-            ["bundle-spec.yaml:6: images[1].ref: 'docker.io/library/nginx:latest' already listed as images[0]"],
+            ["bundle-spec.yaml:6: images[1].ref: 'docker.io/library/nginx:latest' is served as "
+             "docker.io/library/nginx:latest, like images[0]"],
             id="duplicate-image-after-normalization",
+        ),
+        pytest.param(
+            f"""\
+            images:
+              - ref: ubuntu:24.04
+              - ref: registry-1.docker.io/library/ubuntu:24.04@sha256:{"a" * 64}
+            """,
+            ["bundle-spec.yaml:6: images[1].ref: 'registry-1.docker.io/library/ubuntu:24.04@sha256:" + "a" * 64
+             + "' is served as docker.io/library/ubuntu:24.04, like images[0]"],
+            id="one-tag-two-spellings",
         ),
         pytest.param(
             """\

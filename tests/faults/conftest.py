@@ -18,6 +18,7 @@ from hydra_bundle.bundle.index import BundleIndex
 from hydra_bundle.bundle.reader import open_bundle
 from hydra_bundle.bundle.sign import keygen
 from hydra_bundle.digest import sha256_bytes
+from hydra_bundle.oci.sitename import normalize_host
 from tests.faults.support import FaultAgent, bundle_states, journal, registry_tags, served_state, wait_until
 from tests.support.agent import build_bundle
 from tests.support.bundles import run_cli
@@ -134,7 +135,8 @@ def fault_bundles(registry: Registry, fault_keys: Keys, tmp_path_factory: pytest
         build_bundle(src, spec, fault_keys.key, path, {host}, cache=cache)
         out[key] = _load(path)
     return Bundles(out["rich"], out["order1"], out["order2"],
-                   ["faults/app", "faults/big", "faults/multi", "faults/charts/demo"])
+                   [f"{normalize_host(host)}/{r}" for r in ("faults/app", "faults/big", "faults/multi",
+                                                             "faults/charts/demo")])  # site names keep the host
 
 
 RATE = 6_000_000  # limits.ingest_bytes_per_second of the kill trials: the rich bundle takes about 0.6 s to ingest

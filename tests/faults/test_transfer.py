@@ -134,7 +134,8 @@ def test_out_of_order_sequence_is_a_downgrade(fault_bundles: Bundles, fault_keys
         assert q["reason"] == "downgrade" and q["bundle"]["sequence"] == 1, q
         tally.refused += 1
         assert bundle_states(agent.state) == {"order 2.0.0": "complete", "order 1.0.0": "quarantined"}
-        tags = httpx.get(f"http://{agent.registry}/v2/faults/app/tags/list").json()["tags"]
+        app = fault_bundles.repos[0]
+        tags = httpx.get(f"http://{agent.registry}/v2/{app}/tags/list").json()["tags"]
         assert tags == ["2.0"]
         tally.converged += 1
     tally.save()

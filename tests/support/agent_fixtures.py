@@ -15,6 +15,7 @@ import pytest
 from hydra_bundle.bundle.index import BundleIndex
 from hydra_bundle.bundle.sign import keygen
 from hydra_bundle.digest import sha256_bytes
+from hydra_bundle.oci.sitename import normalize_host, site_name
 from tests.support.agent import build_bundle
 from tests.support.chartrepo import make_chart
 from tests.support.images import Image, make_image, make_index, push_helm_chart, push_image, push_index
@@ -57,6 +58,15 @@ class Site:
     chart_digest: str
     model_files: dict[str, bytes]
     tool: bytes
+
+    @property
+    def site_host(self) -> str:
+        """The source registry's host as the first component of site names (``127.0.0.1_PORT``)."""
+        return normalize_host(self.registry.host)
+
+    def served(self, path: str) -> str:
+        """Where the agent serves ``path`` of the source registry: its site name (the host stays in it)."""
+        return site_name(f"{self.registry.host}/{path}").repository
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import contextlib
 from ..bundle.index import BundleIndex
 from ..disk import disk_full
 from ..errors import HydraError
-from .published import RefRow, repo_and_tag
+from ..oci.sitename import site_name
+from .published import RefRow
 from .runner import StepContext
 
 KIND = {"images": "image", "charts": "chart", "manifests": "manifest", "files": "file", "models": "model",
@@ -20,8 +21,8 @@ def refs_of(index: BundleIndex) -> list[RefRow]:
     out = []
     for kind in KIND:
         for c in getattr(index.components, kind):
-            repo, tag, _ = repo_and_tag(c.ref)
-            out.append(RefRow(repo, tag or f"@{c.digest}", c.digest, c.mediaType, KIND[kind], c.ref))
+            name = site_name(c.ref, kind)
+            out.append(RefRow(name.repository, name.tag or f"@{c.digest}", c.digest, c.mediaType, KIND[kind], c.ref))
     return out
 
 

@@ -1,24 +1,25 @@
 """What the site serves: tags → manifests, published blobs, model/file paths. Written in one transaction by
 the publish step, read by the registry and file servers (so a bundle is visible completely or not at all).
 
-Repositories keep the original path without the registry host (what containerd registry mirrors expect):
-``release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu`` → ``hydra/vllm-openai`` tag ``0.8.5.dev940-cpu``,
-``docker.io/library/ubuntu:24.04`` → ``library/ubuntu`` tag ``24.04``. Untagged (digest-only) references are
-kept under the pseudo-tag ``@sha256:…`` (never listed) so the repository exists and pulls by digest work.
+Repositories are the site names of ``oci/sitename.py``: the upstream host stays in the path
+(``release.daocloud.io/hydra/vllm-openai`` tag ``0.8.5.dev940-cpu``, ``docker.io/library/ubuntu`` tag ``24.04``).
+Untagged (digest-only) references are kept under the pseudo-tag ``@sha256:…`` (never listed) so the repository
+exists and pulls by digest work.
 """
 
 from __future__ import annotations
 
-import re
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
 from ..oci import mediatypes as mt
+from ..oci.sitename import site_name
 from .db import Database
 
-_TAG_BAD = re.compile(r"[^\w.-]")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS refs(
   repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, kind TEXT NOT NULL,
@@ -32,25 +33,17 @@ CREATE TABLE IF NOT EXISTS paths(
 """
 
 
-def repo_and_tag(ref: str) -> tuple[str, str | None, str | None]:
-    """``[host/]path[:tag][@digest]`` → (path, tag, digest) with the registry host dropped."""
-    s = ref.removeprefix("oci://")
-    digest = None
-    if "@" in s:
-        s, digest = s.split("@", 1)
-    tag = None
-    head, _, last = s.rpartition("/")
-    if ":" in last:
-        last, tag = last.split(":", 1)
-        s = f"{head}/{last}" if head else last
-    parts = s.split("/", 1)
-    if len(parts) == 2 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
-        s = parts[1]
-    elif "/" not in s:
-        s = f"library/{s}"  # docker.io short names
-    if tag is not None:
-        tag = _TAG_BAD.sub("_", tag)[:128]  # chart versions: 1.0.0+build → 1.0.0_build, as helm push does
-    return s.lower(), tag, digest
+def rename_to_site_names(c: sqlite3.Connection) -> None:
+    """Migration 3: repositories published before site names kept the upstream host (``library/ubuntu`` →
+    ``docker.io/library/ubuntu``); recompute every row's name from the reference it was published for."""
+    rows = c.execute("SELECT repo, tag, kind, ref FROM refs").fetchall()
+    for repo, tag, kind, ref in rows:
+        try:
+            new = site_name(ref, "images" if kind == "image" else f"{kind}s").repository
+        except UsageError:
+            continue  # a reference that no longer parses keeps its old name (it is still served)
+        if new != repo:
+            c.execute("UPDATE OR REPLACE refs SET repo=? WHERE repo=? AND tag=?", (new, repo, tag))
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The ``push`` step (only with ``push:`` configured): copy every image and chart of a bundle to the site's
-existing registry (Harbor, distribution) with the same repository paths, under ``push.registry``'s prefix.
+existing registry (Harbor, distribution) under their site names (``oci/sitename.py``: the upstream host stays in
+the path), under ``push.registry``'s prefix.
 
 Blobs stream from the store in chunked uploads (``push.chunk_size``), skipped when the registry already has
 them, cross-repo mounted when this step already pushed them to another repository. Manifests are pushed
@@ -26,7 +27,7 @@ from ..digest import canonical_json, sha256_bytes
 from ..oci import mediatypes as mt
 from ..oci.auth import CredentialStore
 from ..oci.client import RegistryClient
-from .published import repo_and_tag
+from ..oci.sitename import site_name
 from .runner import StepContext
 
 
@@ -48,9 +49,9 @@ class Pusher:
     def close(self) -> None:
         self.client.close()
 
-    def target_repo(self, ref: str) -> tuple[str, str | None]:
-        repo, tag, _ = repo_and_tag(ref)
-        return (f"{self.cfg.prefix}/{repo}" if self.cfg.prefix else repo), tag
+    def target_repo(self, ref: str, kind: str) -> tuple[str, str | None]:
+        name = site_name(ref, kind)
+        return (f"{self.cfg.prefix}/{name.repository}" if self.cfg.prefix else name.repository), name.tag
 
     def blob(self, repo: str, digest: str) -> None:
         self.ctx.check_stop()
@@ -75,8 +76,8 @@ class Pusher:
         self.client.put_manifest(self.host, repo, reference or digest, data, media)
         return data, media
 
-    def component(self, ref: str, digest: str, media_type: str) -> str:
-        repo, tag = self.target_repo(ref)
+    def component(self, ref: str, kind: str, digest: str, media_type: str) -> str:
+        repo, tag = self.target_repo(ref, kind)
         if media_type not in mt.INDEX_TYPES:
             self.manifest(repo, digest, tag or digest)
             return f"{repo}:{tag or digest}"
@@ -109,8 +110,10 @@ def run(ctx: StepContext) -> str:
     p = Pusher(ctx)
     try:
         done = []
-        for c in [*ctx.index.components.images, *ctx.index.components.charts]:
-            done.append(p.component(c.ref, c.digest, c.mediaType))
+        comps = [*(("images", c) for c in ctx.index.components.images),
+                 *(("charts", c) for c in ctx.index.components.charts)]
+        for kind, c in comps:
+            done.append(p.component(c.ref, kind, c.digest, c.mediaType))
             ctx.log.info("pushed", extra={"kv": {"ref": c.ref, "to": f"{p.host}/{done[-1]}"}})
     finally:
         p.close()

@@ -2,7 +2,9 @@
 
 ``/v2/``, ``/v2/_catalog``, ``/v2/<name>/tags/list``, manifests by tag or digest (GET/HEAD with the stored
 media type as ``Content-Type`` and ``Docker-Content-Digest``), blobs (GET/HEAD, a single ``Range`` → 206,
-bodies sent with ``sendfile``). Every write is answered 405 with the spec's ``UNSUPPORTED`` error. Only
+bodies sent with ``sendfile``). Names are site names (``oci/sitename.py``): ``/v2/docker.io/library/ubuntu/…``,
+or containerd's mirror form ``/v2/library/ubuntu/…?ns=docker.io``; never another registry's image. Every write
+is answered 405 with the spec's ``UNSUPPORTED`` error. Only
 published content is served (``published.py``): a bundle being ingested or refused is invisible.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
+from ..oci.sitename import lookup_repository
 from .httpbase import StoreHandler
 
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
@@ -31,9 +34,9 @@ def _page(items: list[str], query: dict[str, list[str]]) -> tuple[list[str], boo
     if last:
         items = [i for i in items if i > last]
     n = (query.get("n") or [""])[0]
-    if n.isdigit():
+    if n.isascii() and n.isdigit():  # "²".isdigit() is True too, and int() refuses it
         k = int(n)
-        return items[:k], len(items) > k
+        return items[:k], 0 < k < len(items)   # n=0: an empty page, no next link
     return items, False
 
 
@@ -48,6 +51,7 @@ class RegistryHandler(StoreHandler):
     def _route(self) -> None:
         u = urlsplit(self.path)
         path, query = u.path, parse_qs(u.query)
+        ns = (query.get("ns") or [""])[0] or None  # containerd's mirror requests name the upstream host
         if path in ("/v2", "/v2/"):
             self.reply_json(200, {}, API)
         elif path == "/v2/_catalog":
@@ -55,7 +59,7 @@ class RegistryHandler(StoreHandler):
             link = {"Link": f'</v2/_catalog?last={repos[-1]}&n={query["n"][0]}>; rel="next"'} if more else {}
             self.reply_json(200, {"repositories": repos}, {**API, **link})
         elif m := _TAGS.match(path):
-            name = m["name"]
+            name = lookup_repository(m["name"], ns)
             if not self.published.repo_exists(name):
                 self.reply_json(404, _err("NAME_UNKNOWN", "repository name not known to registry", {"name": name}),
                                 API)
@@ -65,9 +69,9 @@ class RegistryHandler(StoreHandler):
                     if more else {})
             self.reply_json(200, {"name": name, "tags": tags}, {**API, **link})
         elif m := _MANIFEST.match(path):
-            self._manifest(m["name"], m["ref"])
+            self._manifest(lookup_repository(m["name"], ns), m["ref"])
         elif m := _BLOB.match(path):
-            self._blob(m["name"], m["digest"])
+            self._blob(lookup_repository(m["name"], ns), m["digest"])
         elif path.startswith("/v2/"):
             self.reply_json(404, _err("NAME_UNKNOWN", "not found"), API)
         else:

@@ -2,7 +2,7 @@
 
 The version lives in ``meta(key='schema')``. :func:`open_database` brings an older file up to date in one
 transaction per migration (tables are only ever added to: an older agent can still read a newer file), and
-writes nothing when the file is current, so ``agent status`` works on a full disk. Two migrations do not need a
+writes nothing when the file is current, so ``agent status`` works on a full disk. A few migrations do not need a
 framework (alembic and yoyo want their own tables and a migration directory on the stick); a new one is a
 function appended to :data:`MIGRATIONS`.
 """
@@ -29,6 +29,7 @@ def _tables(c: sqlite3.Connection) -> None:
 MIGRATIONS: list[Migration] = [
     _tables,                       # 1: the journal's and the published view's tables
     journal.add_step_results,      # 2: steps.result
+    published.rename_to_site_names,  # 3: repositories keep their upstream host
 ]
 VERSION = len(MIGRATIONS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..oci.reference import DEFAULT_REGISTRY, Reference
+from ..oci.sitename import normalize_host
 
 CONTAINERD_DIR = "/etc/containerd/certs.d"
 CRIO_FILE = "/etc/containers/registries.conf.d/50-hydra-bundle.conf"
@@ -24,21 +25,21 @@ def _upstream_server(registry: str) -> str:
 
 
 def containerd_hosts_toml(upstream: str, site_registry: str, scheme: str = "http", skip_verify: bool = False) -> str:
-    """``/etc/containerd/certs.d/<upstream>/hosts.toml``: try the site registry first, then upstream."""
+    """``/etc/containerd/certs.d/<upstream>/hosts.toml``: try the site registry first, then upstream.
+
+    The mirror's path names the upstream host (``/v2/[PREFIX/]<host>``, ``override_path``), as every site name
+    does: a pull of ``quay.io/pause`` asks for ``quay.io/pause`` and never gets ``registry.k8s.io/pause``."""
     host, _, prefix = site_registry.partition("/")
+    path = "/".join(p for p in (prefix.strip("/"), normalize_host(upstream)) if p)
     lines = [
         "# written by hydra-bundle: pull through the site registry (needs containerd's registry config_path =",
         '# "/etc/containerd/certs.d" in the CRI plugin config)',
         f'server = "{_upstream_server(upstream)}"',
         "",
+        f'[host."{scheme}://{host}/v2/{path}"]',
+        '  capabilities = ["pull", "resolve"]',
+        "  override_path = true",
     ]
-    if prefix:
-        lines.append(f'[host."{scheme}://{host}/v2/{prefix.strip("/")}"]')
-        lines.append('  capabilities = ["pull", "resolve"]')
-        lines.append("  override_path = true")
-    else:
-        lines.append(f'[host."{scheme}://{host}"]')
-        lines.append('  capabilities = ["pull", "resolve"]')
     if skip_verify and scheme == "https":
         lines.append("  skip_verify = true")
     return "\n".join(lines) + "\n"
@@ -65,7 +66,7 @@ def crio_registries_conf(upstreams: Iterable[str], site_registry: str, scheme: s
         if up == site_registry.partition("/")[0]:
             continue
         lines += ["", "[[registry]]", f'prefix = "{up}"', f'location = "{up}"', "", "[[registry.mirror]]",
-                  f'location = "{site_registry}"']
+                  f'location = "{site_registry.rstrip("/")}/{normalize_host(up)}"']
         if insecure:
             lines.append("insecure = true")
     return "\n".join(lines) + "\n"

@@ -1,9 +1,9 @@
 """Image references → the site registry (manifests, chart values, where charts are published).
 
-The site registry keeps each repository's path without the original host (the agent publishes that way, and
-containerd/CRI-O mirrors request exactly that path): ``release.daocloud.io/hydra/vllm-openai:T`` →
-``SITE/hydra/vllm-openai:T``, ``ubuntu:24.04`` → ``SITE/library/ubuntu:24.04``. ``SITE`` is
-``host[:port][/prefix]``.
+Names are the site names of ``oci/sitename.py``, the one rule the agent publishes, pushes and mirrors by: the
+upstream host stays in the path. ``release.daocloud.io/hydra/vllm-openai:T`` →
+``SITE/release.daocloud.io/hydra/vllm-openai:T``, ``ubuntu:24.04`` → ``SITE/docker.io/library/ubuntu:24.04``.
+``SITE`` is ``host[:port][/prefix]``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import UsageError
 from ..k8s.objects import CONTAINER_LISTS, pod_spec
 from ..oci.reference import Reference
+from ..oci.sitename import image_repository
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,10 @@ class ImageChange:
 
 
 def site_repository(ref: str | Reference, prefix: str = "") -> str:
-    """Repository path in the site registry: the original path without its host (``library/`` for Docker Hub
-    short names), under ``prefix`` when the site registry has one."""
-    r = ref if isinstance(ref, Reference) else Reference.parse(ref.removeprefix("docker-daemon:"))
-    return f"{prefix.strip('/')}/{r.repository}" if prefix.strip("/") else r.repository
+    """Repository path in the site registry: the image's site name (its host, then its path), under ``prefix``
+    when the site registry has one."""
+    repo = image_repository(ref)
+    return f"{prefix.strip('/')}/{repo}" if prefix.strip("/") else repo
 
 
 def rewrite_image(ref: str, site_registry: str) -> str:
@@ -67,8 +68,8 @@ def rewrite_workload_images(obj: dict[str, Any], site_registry: str) -> list[Ima
 
 
 def chart_site_repository(source: str, name: str, prefix: str = "") -> str:
-    """Where the agent publishes a chart in the site registry: an ``oci://`` chart keeps its path without the
-    host; a chart from a classic repository goes to ``charts/<name>``."""
+    """Where the agent publishes a chart in the site registry: an ``oci://`` chart under its site name (host and
+    path); a chart from a classic repository goes to ``charts/<name>``."""
     if source.startswith("oci://"):
         return site_repository(Reference.parse(source), prefix)
     p = prefix.strip("/")

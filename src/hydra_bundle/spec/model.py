@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from ..errors import UsageError
 from ..oci.reference import Reference
+from ..oci.sitename import site_name
 from .deploy import DeploySpec
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
@@ -287,9 +288,10 @@ class BundleSpec(_Strict):
                 seen.setdefault(item.name, i)
         refs: dict[str, int] = {}
         for i, img in enumerate(self.images):
-            key = str(img.reference)
+            name = site_name(str(img.reference))  # one name on the site: the tag (or digest) it is served under
+            key = f"{name.repository}:{name.tag}" if name.tag else f"{name.repository}@{name.digest}"
             if key in refs:
-                out.append((("images", i, "ref"), f"{img.ref!r} already listed as images[{refs[key]}]"))
+                out.append((("images", i, "ref"), f"{img.ref!r} is served as {key}, like images[{refs[key]}]"))
             refs.setdefault(key, i)
         if self.deploy is not None:
             out += self.deploy.cross_checks({m.name for m in self.manifests}, {c.name for c in self.charts},
