@@ -14,7 +14,7 @@ PKG = "hydra_bundle"
 
 # Lower layers never import higher ones; packages of one layer (builder, lint, apply) never import each other.
 LAYERS = [
-    {"", "errors", "states"},
+    {"", "errors", "states", "text"},
     {"digest", "disk", "retry", "progress", "kit"},
     {"httpio"},
     {"oci"},

@@ -165,6 +165,50 @@ def test_agent_parts_shuffled_corrupt_part_quarantined_then_complete(env: Env, t
 
 
 @pytest.mark.slow
+def test_a_corrupt_part_of_one_bundle_never_damages_another(env: Env, tmp_path: Path) -> None:
+    """Two split bundles in flight share a blob (the same big file). A corrupt part of the second, carrying a
+    segment of that blob, is quarantined; the first still completes with its own good parts."""
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copyfile(env.d / "big.bin", other / "big.bin")         # the shared blob
+    (other / "own.bin").write_bytes(random.Random(77).randbytes(50_000))
+    spec_b = write_spec(other / "spec.yaml", name="other", files=[{"name": "big", "path": "big.bin"},
+                                                                  {"name": "own", "path": "own.bin"}])
+    _build(env, tmp_path / "a" / "demo.tar", "--split", str(SPLIT))
+    _build(env, tmp_path / "b" / "other.tar", "--split", str(SPLIT), spec=spec_b)
+    parts_a, parts_b = _parts(tmp_path / "a"), _parts(tmp_path / "b")
+    big = "sha256:" + sha256_hex((env.d / "big.bin").read_bytes())
+    idx_b = read_index(parts_b[0])
+    seg_parts = sorted({k + 1 for k, p in enumerate(idx_b["parts"]["parts"])
+                        if any(sg["blob"] == big for sg in p["segments"])})
+    agent = _agent(tmp_path / "site", env)
+    for p in parts_a[:-1]:
+        agent.cli("ingest", str(p), check=False)
+    # every part of B but one, then a corrupt copy of a part holding a segment of the shared blob
+    bad_k = seg_parts[0]
+    for k, p in enumerate(parts_b, 1):
+        if k != bad_k:
+            agent.cli("ingest", str(p), check=False)
+    bad = tmp_path / "corrupt" / parts_b[bad_k - 1].name
+    bad.parent.mkdir()
+    shutil.copyfile(parts_b[bad_k - 1], bad)
+    _flip(bad)
+    res = agent.cli("ingest", str(bad), check=False)
+    assert "quarantined" in res.stdout + res.stderr, res.stdout + res.stderr
+    # A's last part: A completes, its blob whole
+    agent.cli("ingest", str(parts_a[-1]), check=False)
+    states = {b["name"]: b for b in _bundles(agent)}
+    assert states["demo"]["state"] == "complete", states["demo"]
+    blob = agent.state / "store" / "blobs" / "sha256" / big.split(":")[1]
+    assert sha256_hex(blob.read_bytes()) == big.split(":")[1]
+    # B waits for a good copy of its bad part, and completes with it
+    assert states["other"]["state"] == "waiting" and f"waiting for parts {bad_k} of" in states["other"]["detail"]
+    agent.cli("ingest", str(parts_b[bad_k - 1]), check=False)
+    assert {b["name"]: b["state"] for b in _bundles(agent)} == {"demo": "complete", "other": "complete"}
+    assert not list((agent.state / "store" / "assembling").iterdir())
+
+
+@pytest.mark.slow
 def test_delta_ratio_waiting_state_and_diff(env: Env, tmp_path: Path) -> None:
     d = tmp_path / "v2"
     d.mkdir()

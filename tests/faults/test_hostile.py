@@ -142,6 +142,13 @@ def hostile_tars(b: Bundle, outside: Path) -> Iterator[tuple[str, bytes, set[str
                                       + pax_raw(rec("mtime", "2"), "blob-2", b"x")), bad
     yield "pax-binary-path", c.splice(pax_raw(rec("hdrcharset", "BINARY") + b"15 path=bl\xffob\n", "n", b"x")), \
         bad | {"unknown-member"}
+    # the signed index itself, with a header that `tar -x` as root would obey: setuid, another owner
+    idx_t, idx_d = c.ms[0]
+    for case, kw in (("index-setuid", {"mode": 0o4755}), ("index-owner", {"uid": 1000, "gid": 1000}),
+                     ("index-owner-names", {"uname": "user", "gname": "user"}),
+                     ("index-linkname", {"linkname": "x"})):
+        t = ti(idx_t.name, size=idx_t.size, **kw)
+        yield case, tar_bytes([entry(t, idx_d), *c.entries(slice(1, None))]), bad
     yield "checksum-field-space", c.splice(entry(ti("blobs/x", size=1), b"x")[:155] + b"!"
                                            + entry(ti("blobs/x", size=1), b"x")[156:]), bad
 
@@ -299,6 +306,20 @@ def test_non_canonical_base64_signature_is_refused(fault_keys: Keys) -> None:
         assert "canonical" in ei.value.detail
         return
     pytest.fail("no signature with base64 padding in 50 tries")
+
+
+def test_whitespace_around_the_signature_is_refused(small_bundle: Bundle, fault_keys: Keys, tmp_path: Path) -> None:
+    keys = [load_public_key(fault_keys.pub)]
+    c = Crafted(small_bundle)
+    (idx_t, idx_d), (sig_t, sig_d) = c.ms[0], c.ms[1]
+    for extra in (b"\n", b" ", b"\r\n"):
+        padded = sig_d + extra
+        p = tmp_path / f"sig-{len(extra)}.tar"
+        p.write_bytes(tar_bytes([entry(idx_t, idx_d), entry(ti(sig_t.name, size=len(padded)), padded),
+                                 *c.entries(slice(2, None))]))
+        with pytest.raises(VerifyError) as ei:
+            verify_bundle(p, keys)
+        assert ei.value.reason == "bad-signature" and "whitespace" in ei.value.detail
 
 
 def test_hostile_bundles_through_the_agent(small_bundle: Bundle, fault_keys: Keys, tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class AgentProc:
         self.log = self.root / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}      # extra environment of the agent and of `cli` commands
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec (e.g. a lower rlimit)
         self.cmd: list[str] = list(CLI)    # the hydra-bundle to run (an installed agent: [PREFIX/bin/hydra-bundle])
         self.wrap: list[str] = []          # run `agent run` under this (a network namespace, a supervisor)
 
@@ -95,7 +96,8 @@ class AgentProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([*self.wrap, *self.cmd, "agent", "run", "--config", str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **self.env, **(env or {})})
+                                         env={**os.environ, **self.env, **(env or {})},
+                                         preexec_fn=self.preexec)
         if wait:
             wait_for(self._healthy, 30, f"agent ready\n{self.log_tail()}")
         return self

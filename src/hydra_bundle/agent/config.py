@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -105,6 +106,23 @@ class Limits(_Strict):
     max_bundle_bytes: int | None = Field(None, ge=1, description="refuse bundles whose content is larger")
     min_free_bytes: int = Field(1 << 30, ge=0, description="free space kept on the store's filesystem")
     ingest_bytes_per_second: int | None = Field(None, ge=1, description="throttle ingest reads (shared disks)")
+    max_connections: int = Field(4096, ge=1, description="open connections per server; more are closed at once "
+                                 "(also capped by the open-files limit)")
+    header_timeout: float = Field(10.0, gt=0, description="seconds a client has to send a request's headers, and "
+                                  "to keep an idle connection open; also each read and write of a body")
+
+
+def _replaceable_by_anyone(key: Path) -> str | None:
+    """Why a pinned key file can be swapped by any local user (world-writable file, or a world-writable directory
+    on its path without the sticky bit), or None."""
+    p = key.resolve()
+    if p.stat().st_mode & stat.S_IWOTH:
+        return "the key file is world-writable"
+    for d in p.parents:
+        mode = d.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            return f"its directory {d} is world-writable"
+    return None
 
 
 class AgentConfig(_Strict):
@@ -134,6 +152,10 @@ class AgentConfig(_Strict):
                 load_public_key(p)
             except UsageError as e:
                 raise ValueError(str(e)) from None
+            weak = _replaceable_by_anyone(p)
+            if weak:
+                raise ValueError(f"{p}: {weak}: anyone on this host could replace the key and sign bundles the agent "
+                                 "accepts (chmod o-w)")
         return v
 
     @field_validator("drop_dir", "state_dir")

@@ -7,9 +7,11 @@ agent is restarted by systemd. SIGTERM/SIGINT stop at the next blob boundary; th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -34,6 +36,27 @@ from .settle import Settler, Verdict
 from .watch import Watcher, scan
 
 log = logging.getLogger("hydra_bundle.agent")
+
+
+def raise_open_files_limit(want: int = 65536) -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one (systemd's default soft limit is 1024): every client
+    connection is a descriptor. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def connection_cap(configured: int, servers: int) -> int:
+    """Connections per server: what is configured, but never so many that the servers together could use up the
+    open-files limit the pipeline (store, journal, watcher) also needs."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    room = max(16, (soft - 256) // max(1, servers) // 2)  # a connection can hold a socket and a sqlite fd
+    return max(1, min(configured, room))
 
 
 class Agent:
@@ -103,20 +126,22 @@ class Agent:
     def start_servers(self) -> None:
         ctx = {"published": self.pipeline.published, "store": self.pipeline.store, "metrics": self.metrics,
                "health": self.health}
-        for name, listen, handler in (("registry", self.config.registry, RegistryHandler),
-                                      ("files", self.config.files, FileHandler),
-                                      ("metrics", self.config.metrics, MetricsHandler)):
-            if listen is None:
-                continue
+        servers = [(name, listen, handler) for name, listen, handler in (
+            ("registry", self.config.registry, RegistryHandler), ("files", self.config.files, FileHandler),
+            ("metrics", self.config.metrics, MetricsHandler)) if listen is not None]
+        cap = connection_cap(self.config.limits.max_connections, len(servers))
+        for name, listen, handler in servers:
+            assert listen is not None
             try:
-                srv = Server(name, listen.address, handler, self.metrics.observe, **ctx)
+                srv = Server(name, listen.address, handler, self.metrics.observe, max_connections=cap,
+                             header_timeout=self.config.limits.header_timeout, **ctx)
             except OSError as e:
                 self.stop_servers()
                 hint = " (ports < 1024 need CAP_NET_BIND_SERVICE)" if e.errno == 13 else ""
                 raise HydraError(f"{name}: cannot listen on {listen.listen}: {e.strerror}{hint}") from None
             srv.start()
             self.servers.append(srv)
-            log.info("listening", extra={"kv": {"server": name, "address": listen.listen}})
+            log.info("listening", extra={"kv": {"server": name, "address": listen.listen, "max_connections": cap}})
 
     def stop_servers(self) -> None:
         for s in self.servers:
@@ -146,6 +171,8 @@ class Agent:
             t = self.pipeline.store.clean_tmp()
         if n or t:
             log.info("recovered after an unclean stop", extra={"kv": {"steps_resumed": n, "temp_files_removed": t}})
+        nofile = raise_open_files_limit()
+        log.debug("open files limit", extra={"kv": {"soft": nofile}})
         self.start_servers()
         self.watcher.start()
         self.notifier.ready(self._status_line())

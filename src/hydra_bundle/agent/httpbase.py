@@ -3,11 +3,14 @@ JSON answers, and file bodies sent with ``sendfile`` (single ``Range`` → 206, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,18 +27,35 @@ Observer = Callable[[str, str, int, int], None]  # (server, method, status, byte
 
 
 class Server(ThreadingHTTPServer):
+    """A thread per connection, bounded: at most ``max_connections`` open at once (more are closed as soon as
+    they are accepted, so the listen queue never fills), and a connection that has not sent a request's headers
+    ``header_timeout`` seconds after it opened or finished its last request is shut down by a reaper — a
+    client sending one byte every few seconds cannot keep a thread either. Every read and write of a body has
+    the same timeout. Nothing a client does reaches the daemon: handler errors are logged and the connection
+    closed."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
     def __init__(self, name: str, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 observe: Observer | None = None, **context: Any):
+                 observe: Observer | None = None, max_connections: int = 4096, header_timeout: float = 10.0,
+                 **context: Any):
         self.name = name
         self.context = context
         self.observe = observe or (lambda *_a: None)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._waiting: dict[socket.socket, float] = {}   # connections between requests → deadline
+        self._waiting_lock = threading.Lock()
+        self.refused = 0                                 # connections closed because every slot was taken
+        self.reaped = 0                                  # connections shut down by the header timeout
         super().__init__(address, handler)
         self.thread: threading.Thread | None = None
+        self._reaper: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
@@ -45,12 +65,59 @@ class Server(ThreadingHTTPServer):
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
                                        name=f"{self.name}-server", daemon=True)
         self.thread.start()
+        self._reaper = threading.Thread(target=self._reap, name=f"{self.name}-reaper", daemon=True)
+        self._reaper.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.thread is not None:
             self.shutdown()
             self.thread.join(timeout=5)
         self.server_close()
+
+    # ---------------------------------------------------------------- bounded connections
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)  # full: closed at once, the thread and the fd are not spent
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.awaiting_done(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("client connection error", extra={"kv": {"server": self.name, "client": client_address,
+                                                           "error": repr(sys.exc_info()[1])}})
+
+    def awaiting_request(self, conn: socket.socket) -> None:
+        with self._waiting_lock:
+            self._waiting[conn] = time.monotonic() + self.header_timeout
+
+    def awaiting_done(self, conn: socket.socket) -> None:
+        with self._waiting_lock:
+            self._waiting.pop(conn, None)
+
+    def _reap(self) -> None:
+        while not self._stopping.wait(min(1.0, self.header_timeout / 4)):
+            now = time.monotonic()
+            with self._waiting_lock:
+                late = [c for c, deadline in self._waiting.items() if deadline < now]
+                for c in late:
+                    del self._waiting[c]
+            for c in late:
+                self.reaped += 1
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)  # the handler's read returns; its thread ends and closes it
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
@@ -80,6 +147,28 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "hydra-bundle-agent"
     sent = 0
     status = 0
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.srv.header_timeout)  # each read and write of the connection
+
+    def handle_one_request(self) -> None:
+        self.srv.awaiting_request(self.connection)   # until the headers are in (the reaper's deadline)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.srv.awaiting_done(self.connection)
+        return ok
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """What this connection's thread holds beyond its socket (subclasses: a database connection)."""
 
     @property
     def srv(self) -> Server:
@@ -159,6 +248,9 @@ class Handler(BaseHTTPRequestHandler):
 
 class StoreHandler(Handler):
     """Base of the read-only servers over the published view and the content store (registry, files)."""
+
+    def release(self) -> None:
+        self.published.db.close()  # this thread's sqlite connection: its fds go with the client
 
     @property
     def published(self) -> Published:

@@ -118,7 +118,7 @@ def ingest_part(store: Store, ob: OpenBundle, limits: Limits, progress: Callable
         if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
             m.read_into(None, prog)
         elif m.name in segs:
-            n += store.put_segment(segs[m.name].blob, segs[m.name].offset, m, prog)
+            n += store.put_segment(ob.digest, segs[m.name].blob, segs[m.name].offset, m, prog)
         else:
             n += store.put_member(m, prog)
     ob.finish()
@@ -126,12 +126,16 @@ def ingest_part(store: Store, ob: OpenBundle, limits: Limits, progress: Callable
     return f"part {ob.part} of {idx.parts.count}: {n} blobs/segments stored"
 
 
-def assemble_ready(store: Store, idx: BundleIndex, done: set[int], progress: Callable[[int], None]) -> list[str]:
-    """Rename every blob whose segments are all in (their parts are done) into the store."""
-    out = []
+def assemble_ready(store: Store, bundle: str, idx: BundleIndex, done: set[int],
+                   progress: Callable[[int], None]) -> tuple[list[str], dict[str, list[int]]]:
+    """Rename every blob whose segments are all in (their parts are done) into the store. Returns the blobs
+    stored and, for each blob that did not reassemble to its digest, the parts to read again."""
+    out, bad = [], {}
     for b in idx.blobs:
         segs = idx.segments_of(b.digest)
         if segs and not store.has(b.digest) and all(k in done for k, _ in segs):
-            store.finish_assembly(b.digest, b.size, progress)
-            out.append(b.digest)
-    return out
+            if store.finish_assembly(bundle, b.digest, b.size, progress):
+                out.append(b.digest)
+            else:
+                bad[b.digest] = sorted({k for k, _ in segs})
+    return out, bad

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,6 +254,20 @@ class Journal:
         rows = self.db.query("SELECT MAX(sequence) AS s FROM bundles WHERE name=? AND id<>? AND verified=1 "
                              "AND state<>?", (name, exclude, BundleState.QUARANTINED))
         return rows[0]["s"] if rows and rows[0]["s"] is not None else None
+
+    def max_published_sequence(self, name: str, exclude: str) -> int | None:
+        """Highest sequence of another bundle of this name whose content was published (what the site serves
+        now): a bundle that resumes must not publish older content over it."""
+        rows = self.db.query("SELECT MAX(b.sequence) AS s FROM bundles b JOIN steps s ON s.bundle_id = b.id "
+                             "WHERE b.name=? AND b.id<>? AND b.verified=1 AND b.state<>? AND s.name='publish' "
+                             f"AND s.state IN ({','.join('?' * len(FINISHED))})",
+                             (name, exclude, BundleState.QUARANTINED, *FINISHED))
+        return rows[0]["s"] if rows and rows[0]["s"] is not None else None
+
+    def forget_parts(self, bundle_id: str, parts: Iterable[int]) -> None:
+        """Parts whose data must be read again (a reassembled blob did not match): a re-drop ingests them."""
+        with self.db.tx() as c:
+            c.executemany("DELETE FROM parts WHERE bundle_id=? AND part=?", [(bundle_id, p) for p in parts])
 
     # ---------------------------------------------------------------- steps
 

@@ -12,11 +12,13 @@ import os
 import sys
 import time
 
+from ..text import printable
+
 _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 def _val(v: object) -> str:
-    s = str(v)
+    s = printable(v)  # a file name or a detail from outside never moves the cursor or forges a line
     if s == "" or any(c in s for c in ' "=\\\n\t'):
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     return s

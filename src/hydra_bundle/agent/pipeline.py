@@ -245,15 +245,24 @@ class Pipeline:
             log.info("part ingested", extra={"kv": {"bundle": idx.name, "version": idx.version, "part": ob.part,
                                                     "of": idx.parts.count, "file": str(path)}})
             done = self.journal.parts_done(bid)
-        try:
-            ingest.assemble_ready(self.store, idx, set(done), self.progress)
-        except VerifyError as e:
-            return self._refuse_part(path, st, ob, bid, e)
+        _, bad = ingest.assemble_ready(self.store, bid, idx, set(done), self.progress)
+        again = sorted({k for ks in bad.values() for k in ks if k in done})
+        if again:  # damaged on disk since its parts were verified: read those parts again when they are dropped
+            for k in again:
+                self.journal.forget_drop(done[k])
+            self.journal.forget_parts(bid, again)
+            self.journal.event(bid, idx.name, idx.version, "reassembly-failed",
+                               f"{len(bad)} blob(s) did not reassemble to their digest (first {next(iter(bad))}): "
+                               f"parts {', '.join(map(str, again))} are needed again")
+            done = self.journal.parts_done(bid)
         missing = missing_parts(idx.parts.count, done)
         if missing:
             detail = f"waiting for parts {', '.join(map(str, missing))} of {idx.parts.count}"
+            if again:
+                detail += f" (parts {', '.join(map(str, again))} again: a reassembled blob did not match)"
             self.journal.set_state(bid, BundleState.WAITING, "parts-missing", detail)
             return Result(Outcome.WAITING, bid, idx.name, idx.version, "parts-missing", detail)
+        self.store.drop_assembly(bid)  # every blob of the set is in the store now
         res = self._run(bid, idx, None, path, st)
         if res.state == Outcome.COMPLETE and self.config.drops == "delete":
             for src in done.values():
@@ -297,13 +306,38 @@ class Pipeline:
                                   f"{idx.name} (set allow_downgrade: true to accept a rollback)")
             log.warning("downgrade allowed", extra={"kv": {"bundle": idx.name, "sequence": idx.sequence,
                                                            "highest": top}})
+        taken = self.published.conflicts(idx.name, publish.refs_of(idx), publish.paths_of(idx))
+        if taken:  # checked again inside the publish transaction
+            raise VerifyError("name-taken", f"{len(taken)} name(s) belong to another bundle: {'; '.join(taken[:3])}"
+                              f"{' …' if len(taken) > 3 else ''} (a bundle may only replace what bundles of its own "
+                              "name published)")
         limit = self.config.limits.max_bundle_bytes
         if limit is not None and idx.total_size > limit:
             raise VerifyError("too-large", f"content is {idx.total_size} bytes, limits.max_bundle_bytes is {limit}")
 
+    def _before_publish_checks(self, bid: str, idx: BundleIndex) -> None:
+        """Every run of a bundle that has not published yet — the first, and every resume (a delta waiting for a
+        blob, parts arriving, a retry after a restart) — checks again what admission checked, against what the
+        site serves by then: a bundle that expired while it waited, or whose sequence is now below one already
+        published for its name, is refused before it can publish anything."""
+        steps = {s.name: s.state for s in self.journal.steps(bid)}
+        if steps.get("publish") in FINISHED:
+            return  # already served; superseded apply steps are skipped by the deploy steps themselves
+        if idx.expired():
+            raise VerifyError("expired", f"bundle expired at {idx.expires} before it was published (freeze attack "
+                              "protection)")
+        top = self.journal.max_published_sequence(idx.name, bid)
+        if top is not None and idx.sequence < top and not self.config.allow_downgrade:
+            raise VerifyError("downgrade", f"sequence {idx.sequence} is lower than {top}, which the site already "
+                              f"serves for {idx.name}: not published (set allow_downgrade: true to accept a rollback)")
+
     def _run(self, bid: str, idx: BundleIndex, ob: OpenBundle | None, path: Path | None,
              st: os.stat_result | None = None, explicit: bool = False) -> Result:
         self.lock.owner(bid)
+        try:
+            self._before_publish_checks(bid, idx)
+        except VerifyError as e:
+            return self._refuse(path, st, ob, bid, e, [])
         ctx = StepContext(self.config, self.journal, self.published, self.store, bid, idx, ob, self.stop,
                           self.progress, log, status=self.status, explicit=explicit, daemon=self.daemon)
         try:
@@ -337,24 +371,18 @@ class Pipeline:
             self.journal.record_drop(str(path), *_sig(st), bid, outcome)
 
     def _refuse_unverified(self, path: Path, st: os.stat_result, e: VerifyError) -> Result:
-        """The signature (or the index) did not check out: label the record from the unverified index."""
-        name = version = None
-        seq = None
-        index_bytes = None
-        try:
-            with open_bundle(path, None, require_signature=False) as ob:
-                name, version, seq, index_bytes = ob.index.name, ob.index.version, ob.index.sequence, ob.index_bytes
-        except Exception:
-            pass
-        label = index_bytes or f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()
-        bid = sha256_bytes(label)
-        return self._quarantine(path, bid, name, version, seq, False, e, index_bytes)
+        """The signature (or the index) did not check out. Nothing of the file is read further or shown: its
+        index is unverified, so its name, version and sequence are claims (a forged "… complete" line in
+        ``agent status``), and parsing it would cost memory an attacker chooses. The record is named by the file."""
+        bid = sha256_bytes(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return self._quarantine(path, bid, None, None, None, False, e, None)
 
     def _refuse(self, path: Path | None, st: os.stat_result | None, ob: OpenBundle | None, bid: str,
                 e: VerifyError, added: list[str]) -> Result:
         if added:
             keep = self.published.referenced_blobs()
             self.store.remove([d for d in added if d not in keep])
+        self.store.drop_assembly(bid)
         idx: BundleIndex | None = ob.index if ob is not None else None
         if idx is None:
             row = self.journal.bundle(bid)

@@ -51,7 +51,7 @@ def run(ctx: StepContext) -> str:
 
     try:
         ctx.published.publish(ctx.bundle_id, refs, [(b.digest, b.size, b.mediaType) for b in idx.blobs],
-                              paths_of(idx), before_commit=write_index)
+                              paths_of(idx), before_commit=write_index, owner=idx.name)
     except BaseException as e:
         if wrote:  # the COMMIT failed after index.json was rewritten: back to what is published (best effort)
             if disk_full(e):

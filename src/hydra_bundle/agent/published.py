@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, VerifyError
 from ..oci import mediatypes as mt
 from ..oci.sitename import site_name
 from .db import Database
@@ -62,13 +62,44 @@ class Published:
 
     # ---------------------------------------------------------------- writing (publish step)
 
+    def conflicts(self, owner: str, refs: list[RefRow], paths: list[tuple[str, str, str, str, int]],
+                  c: sqlite3.Connection | None = None) -> list[str]:
+        """What publishing for bundle name ``owner`` would take from another bundle name: a tag that serves other
+        content, or a model/file name (served as a whole) with other content. A name belongs to the bundle name
+        that published it first; the same content under the same name is no conflict."""
+        q = c.execute if c is not None else self.db.conn().execute
+        out = []
+        for r in refs:
+            if r.tag.startswith("@"):
+                continue  # a digest names its own content
+            for row in q("SELECT r.digest, b.name FROM refs r JOIN bundles b ON b.id = r.bundle_id "
+                         "WHERE r.repo=? AND r.tag=? AND b.name<>?", (r.repo, r.tag, owner)).fetchall():
+                if row[0] != r.digest:
+                    out.append(f"{r.repo}:{r.tag} is served for bundle {row[1]!r} ({row[0][:19]})")
+        mine: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for area, name, path, digest, _ in paths:
+            mine.setdefault((area, name), set()).add((path, digest))
+        for (area, name), files in sorted(mine.items()):
+            rows = q("SELECT p.path, p.digest, b.name FROM paths p JOIN bundles b ON b.id = p.bundle_id "
+                     "WHERE p.area=? AND p.name=? AND b.name<>?", (area, name, owner)).fetchall()
+            if rows and {(r[0], r[1]) for r in rows} != files:
+                out.append(f"/{area}/{name}/ is served for bundle {rows[0][2]!r}")
+        return out
+
     def publish(self, bundle_id: str, refs: list[RefRow], blobs: list[tuple[str, int, str]],
                 paths: list[tuple[str, str, str, str, int]],
-                before_commit: Callable[[], None] | None = None) -> None:
+                before_commit: Callable[[], None] | None = None, owner: str | None = None) -> None:
         """Write every row in one transaction. ``before_commit`` runs inside it, after the rows (queries on this
-        thread see them): if it raises, nothing is published."""
+        thread see them): if it raises, nothing is published. With ``owner`` (the bundle's name) a name another
+        bundle name serves with other content is refused (:meth:`conflicts`), checked inside the transaction."""
         now = time.time()
         with self.db.tx() as c:
+            if owner is not None:
+                taken = self.conflicts(owner, refs, paths, c)
+                if taken:
+                    raise VerifyError("name-taken", f"{len(taken)} name(s) belong to another bundle: "
+                                      f"{'; '.join(taken[:3])}{' …' if len(taken) > 3 else ''} (a bundle may only "
+                                      "replace what bundles of its own name published)")
             for d, size, media in blobs:
                 c.execute("INSERT OR IGNORE INTO blobs(digest, size, media_type, bundle_id, published_at) "
                           "VALUES(?,?,?,?,?)", (d, size, media, bundle_id, now))

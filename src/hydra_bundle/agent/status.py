@@ -39,7 +39,7 @@ def bundle_status(j: Journal) -> list[dict[str, Any]]:
         state, reason, detail = shown.get(b.id, (b.state, b.reason, b.detail))
         comps: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
-        if b.index_json:
+        if b.index_json and b.verified:  # an unverified index is never shown (older journals kept some)
             idx = json.loads(b.index_json)
             if idx.get("parts"):
                 n = idx["parts"]["count"]
@@ -50,7 +50,8 @@ def bundle_status(j: Journal) -> list[dict[str, Any]]:
                     comps.append({"kind": kind[:-1], "ref": item["ref"], "digest": item["digest"],
                                   **({"name": item["name"]} if "name" in item else {})})
         out.append({
-            "id": b.id, "digest": b.id, "name": b.name, "version": b.version, "sequence": b.sequence,
+            "id": b.id, "digest": b.id, **({"name": b.name, "version": b.version, "sequence": b.sequence}
+                                           if b.verified else {"name": None, "version": None, "sequence": None}),
             "state": str(state), "verified": bool(b.verified), "source": b.source, "signer": b.signer,
             "size": b.size, "created": b.created, "expires": b.expires, "receivedAt": iso(b.received_at),
             "updatedAt": iso(b.updated_at), "completedAt": iso(b.completed_at), "reason": reason,

@@ -23,7 +23,7 @@ from typing import Any
 from ..bundle.reader import BlobMember
 from ..digest import canonical_json, hex_of, sha256_file
 from ..disk import WRITEBACK_STEP, disk_full, ensure_free_space, fsync_dir, human_bytes, start_writeback
-from ..errors import DiskSpaceError, VerifyError
+from ..errors import DiskSpaceError
 from ..oci import mediatypes as mt
 from ..oci.layout import OCI_LAYOUT, BlobDir
 
@@ -35,7 +35,9 @@ class Store(BlobDir):
         self.root = Path(root)
         self.blobs = self.root / "blobs" / "sha256"
         self.tmp = self.root / "tmp"
-        self.assembling = self.root / "assembling"  # blobs of split bundles being reassembled (kept on restart)
+        # blobs of split bundles being reassembled, one directory per bundle: one bundle's bad part never touches
+        # bytes another bundle has verified (kept on restart)
+        self.assembling = self.root / "assembling"
         self.assembling.mkdir(parents=True, exist_ok=True)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -122,14 +124,20 @@ class Store(BlobDir):
             raise
         return True
 
-    def put_segment(self, blob: str, offset: int, member: BlobMember,
+    def assembly_path(self, bundle: str, blob: str) -> Path:
+        return self.assembling / hex_of(bundle) / hex_of(blob)
+
+    def put_segment(self, bundle: str, blob: str, offset: int, member: BlobMember,
                     progress: Callable[[int], None] | None = None) -> bool:
-        """Write a verified-while-streaming segment at its offset into ``assembling/<blob hex>``, the file that
-        becomes the blob (renamed, no second copy) once every segment is there and the whole digest matches.
-        A segment whose digest does not match leaves its region to be rewritten by a good copy."""
+        """Write a verified-while-streaming segment at its offset into ``assembling/<bundle hex>/<blob hex>``, the
+        file that becomes the blob (renamed, no second copy) once every segment is there and the whole digest
+        matches. A segment whose digest does not match leaves its region to be rewritten by a good copy of its
+        part; the region belongs to this bundle only."""
         if self.has(blob):
             return False
-        fd = os.open(self.assembling / hex_of(blob), os.O_WRONLY | os.O_CREAT, 0o644)
+        path = self.assembly_path(bundle, blob)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             pos = offset
 
@@ -146,17 +154,27 @@ class Store(BlobDir):
             os.close(fd)
         return True
 
-    def finish_assembly(self, blob: str, size: int, progress: Callable[[int], None] | None = None) -> None:
-        """Every segment is in: hash the whole file once and rename it into ``blobs/`` when it matches."""
-        src = self.assembling / hex_of(blob)
-        got, n = sha256_file(src)
+    def finish_assembly(self, bundle: str, blob: str, size: int,
+                        progress: Callable[[int], None] | None = None) -> bool:
+        """Every segment is in: hash the whole file once and rename it into ``blobs/`` when it matches. False (the
+        file removed) when it does not match or is missing: the parts holding its segments must be read again."""
+        src = self.assembly_path(bundle, blob)
+        try:
+            got, n = sha256_file(src)
+        except FileNotFoundError:
+            return False
         if progress:
             progress(n)
         if got != blob or n != size:
             src.unlink(missing_ok=True)
-            raise VerifyError("digest-mismatch", f"reassembled {blob}: got {got} ({n} bytes, expected {size})")
+            return False
         os.replace(src, self.path(blob))
         fsync_dir(self.blobs)
+        return True
+
+    def drop_assembly(self, bundle: str) -> None:
+        """A bundle's assembly area, once its set is complete (or it was refused)."""
+        shutil.rmtree(self.assembling / hex_of(bundle), ignore_errors=True)
 
     def sync(self) -> None:
         """Make the renames of a batch of blobs durable."""

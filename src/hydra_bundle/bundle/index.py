@@ -18,7 +18,7 @@ from ..errors import VerifyError
 from . import BLOB_PREFIX, FORMAT, INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME, SEGMENT_PREFIX
 
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
-MAX_INDEX_BYTES = 64 << 20  # an index larger than this is refused before it is read
+MAX_INDEX_BYTES = 16 << 20  # an index larger than this is refused before it is read (or parsed): ~100k blobs
 
 
 class _Model(BaseModel):

@@ -76,6 +76,7 @@ class OpenBundle:
             digest, size = exp
             if e.size != size:
                 raise VerifyError("size-mismatch", f"{e.name}: index says {size} bytes, tar header says {e.size}")
+            self.reader.check_header(e)
             self._done.add(e.name)
             yield BlobMember(e, digest, size, self.reader)
 
@@ -105,6 +106,7 @@ def _read_part(reader: TarReader, entry: Entry | None, index: BundleIndex, index
     """The unsigned part member must agree with the signed parts table and name this index."""
     if entry is None or entry.name != PART_NAME:
         raise VerifyError("bad-layout", f"a part of a split bundle must hold {PART_NAME} after the signature")
+    reader.check_header(entry)
     try:
         info = json.loads(reader.read_bytes(entry, 4096))
         part, count, digest = info["part"], info["of"], info["index"]
@@ -131,12 +133,16 @@ def open_bundle(path: str | os.PathLike[str], keys: list[ec.EllipticCurvePublicK
         first = next(it, None)
         if first is None or first.name != INDEX_NAME:
             raise VerifyError("bad-layout", f"first member must be {INDEX_NAME}")
+        reader.check_header(first)
         index_bytes = reader.read_bytes(first, MAX_INDEX_BYTES)
         second = next(it, None)
         sig: bytes | None = None
         signer = None
         if second is not None and second.name == SIG_NAME:
+            reader.check_header(second)
             sig = reader.read_bytes(second, MAX_SIG_BYTES)
+            if sig != sig.strip():  # the writer writes bare base64: no byte of the member may change unnoticed
+                raise VerifyError("bad-signature", f"{SIG_NAME} has whitespace around the signature")
         if require_signature:
             if sig is None:
                 raise VerifyError("unsigned", f"second member must be {SIG_NAME}; unsigned bundles are refused")

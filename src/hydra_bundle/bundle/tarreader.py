@@ -22,18 +22,27 @@ from ..errors import VerifyError
 
 BLOCK = 512
 PIPE_CHUNK = 4 << 20    # pipelined reads: large enough that the per-chunk thread hand-off costs < 1 %
-MAX_PAX_BYTES = 1 << 20  # a PAX header larger than this is refused before it is read
+MAX_PAX_BYTES = 64 << 10  # a PAX header larger than this is refused before it is read (ours are < 1 KiB)
 _POSIX_MAGIC = b"ustar\x0000"
 _GNU_MAGIC = b"ustar  \x00"
 _REGULAR = (b"0", b"\x00")
 _PAX = b"x"
+_PAX_NAME = b"././@PaxHeader".ljust(100, b"\0")
+_ZERO_TIME = b"00000000000\0"
+_ZERO_MODE = b"0000000\0"
 _KINDS = {b"1": "hardlink", b"2": "symlink", b"3": "char device", b"4": "block device", b"5": "directory",
           b"6": "fifo", b"7": "contiguous file", b"g": "PAX global header", b"S": "sparse",
           b"L": "GNU long name", b"K": "GNU long link name", b"D": "GNU dump directory", b"M": "GNU multi-volume",
           b"V": "volume label"}
 _GNU_EXTENSIONS = {b"L", b"K"}
 # PAX records that only describe the member; anything else (comments, vendor keys) is data outside the index.
-PAX_KEYS = frozenset({"path", "size", "mtime", "atime", "ctime", "uid", "gid", "uname", "gname", "hdrcharset"})
+PAX_KEYS = frozenset({"path", "size", "hdrcharset"})  # what the writer can emit; owners and times never
+# The header fields the writer fills the same way for every member (``tarwriter``): a bundle whose headers say
+# anything else (a setuid mode, an owner) is refused, so ``tar -x`` as root cannot be made to create such files
+# and no byte of a header changes unnoticed.
+_CANONICAL = {(100, 108): b"0000644\0", (108, 116): b"0000000\0", (116, 124): b"0000000\0",
+              (157, 257): bytes(100), (263, 265): b"00", (265, 297): bytes(32), (297, 329): bytes(32),
+              (329, 337): bytes(8), (337, 345): bytes(8), (500, 512): bytes(12)}
 
 
 @dataclass
@@ -43,6 +52,8 @@ class Entry:
     name: str
     size: int
     offset: int
+    header: bytes = b""  # its ustar header block (:meth:`TarReader.check_header`)
+    pax: bytes = b""     # the PAX header block before it, if any
 
 
 def check_member_name(name: str) -> None:
@@ -79,6 +90,8 @@ class _Header:
     size: int
     type: bytes
     offset: int          # of the header block
+    block: bytes = b""   # the ustar header block itself
+    pax: bytes = b""     # the PAX header block before it, if any
 
 
 def parse_pax(data: bytes, size: int, what: str) -> dict[str, str]:
@@ -124,6 +137,7 @@ class TarReader:
         self.file_size = size if size is not None else os.fstat(self.fd).st_size
         self.seen: set[str] = set()
         self._end = 0     # end of the last member's padded data: where the end-of-archive marker starts
+        self._mtime: bytes | None = None  # every member has the same mtime (the bundle's created time)
 
     def _block(self, pos: int) -> bytes | None:
         """The header block at ``pos``: None at the end-of-archive marker (a zero block)."""
@@ -153,7 +167,7 @@ class TarReader:
         name = _text(blk[:100])
         if blk[257:265] == _POSIX_MAGIC and blk[345] != 0:
             name = f"{_text(blk[345:500])}/{name}"
-        return _Header(name, _number(blk[124:136], name or f"header at byte {pos}"), blk[156:157], pos)
+        return _Header(name, _number(blk[124:136], name or f"header at byte {pos}"), blk[156:157], pos, bytes(blk))
 
     def _next(self, pos: int) -> tuple[_Header, int] | None:
         """The member whose header starts at ``pos`` (its PAX header applied) and where its data starts."""
@@ -177,12 +191,13 @@ class TarReader:
             raise VerifyError("bad-member", f"PAX header at byte {pos} describes no member")
         member = self._header(blk2, nxt)
         records = parse_pax(data, h.size, member.name)
+        member.pax = h.block
         if member.type == _PAX or member.type in _GNU_EXTENSIONS:
             raise VerifyError("bad-member", f"{member.name}: more than one extension header")
         if "path" in records:
             member.name = records["path"]
         if "size" in records:
-            if not records["size"].isdigit():
+            if not (records["size"].isascii() and records["size"].isdigit()):  # "¹".isdigit() is True
                 raise VerifyError("bad-member", f"{member.name}: PAX size {records['size']!r} is not a number")
             member.size = int(records["size"])
         return member, nxt + BLOCK
@@ -206,7 +221,31 @@ class TarReader:
             if data_at + h.size > self.file_size:
                 raise VerifyError("truncated", f"{h.name}: member data runs past the end of the file")
             pos = self._end = data_at + h.size + (-h.size % BLOCK)
-            yield Entry(h.name, h.size, data_at)
+            yield Entry(h.name, h.size, data_at, h.block, h.pax)
+
+    def check_header(self, e: Entry) -> None:
+        """Once a member is known to be one the index lists: its header is exactly the writer's (mode 0644, owner
+        0, no link, user or group names, zero device numbers; the same mtime as every other member; a PAX header
+        named ``././@PaxHeader`` with mode and mtime 0), so no header byte changes unnoticed and ``tar -x`` as
+        root cannot be told to create a setuid or foreign-owned file."""
+        for blk, pax in ((e.pax, True), (e.header, False)):
+            if not blk:
+                continue
+            for (a, b), want in _CANONICAL.items():
+                if a == 100 and pax:
+                    want = _ZERO_MODE
+                if blk[a:b] != want:
+                    raise VerifyError("bad-member", f"{e.name}: tar header bytes {a}-{b - 1} are {blk[a:b]!r}, not "
+                                      f"the writer's {want!r} (mode 0644, owner 0, no link, user or group names)")
+            mtime = blk[136:148]
+            if pax:
+                if blk[:100] != _PAX_NAME or mtime != _ZERO_TIME:
+                    raise VerifyError("bad-member", f"{e.name}: its PAX header is not in the writer's form (name "
+                                      "././@PaxHeader, mtime 0)")
+            elif self._mtime is None:
+                self._mtime = mtime
+            elif mtime != self._mtime:
+                raise VerifyError("bad-member", f"{e.name}: its tar header mtime differs from the other members'")
 
     def check_trailer(self) -> None:
         """After the last member only zero padding may follow (no smuggled data), starting with the two zero

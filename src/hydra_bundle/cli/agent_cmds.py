@@ -15,6 +15,7 @@ import click
 from ..agent.config import load_config
 from ..disk import human_bytes
 from ..states import BundleState, Outcome
+from ..text import printable
 from .agent_common import config_option, open_journal
 from .common import emit_json, handle_errors
 
@@ -79,22 +80,29 @@ def status_cmd(config_path: Path | None, as_json: bool, verbose: bool) -> None:
     if as_json:
         emit_json({"agent": agent.json(), "bundles": bundles})
         return
-    click.echo(agent.text())
+    echo = _echo_printable
+    echo(agent.text())
     if not bundles:
-        click.echo("no bundles yet")
+        echo("no bundles yet")
     for b in bundles:
         when = b["completedAt"] or b["updatedAt"]
-        click.echo(f"{b['name'] or '?'} {b['version'] or '?'}  sequence {b['sequence']}  {b['state']}  {when}  "
-                   f"{b['digest'][:19]}" + (f"  ({b['reason']}: {b['detail']})" if b["reason"] else ""))
+        who = (f"{b['name'] or '?'} {b['version'] or '?'}  sequence {b['sequence']}" if b["verified"] else
+               f"unverified file {b['source'] or '?'} (nothing it claims is shown)")
+        echo(f"{who}  {b['state']}  {when}  {b['digest'][:19]}"
+             + (f"  ({b['reason']}: {b['detail']})" if b["reason"] else ""))
         width = max([10, *(len(s["name"]) for s in b["steps"])])
         for s in b["steps"]:
             res = s.get("result") or {}
             detail = res.get("summary") if s["state"] == "pending" and res.get("command") else s["detail"]
-            click.echo(f"    step {s['name']:<{width}} {s['state']:<8} {detail or ''}")
+            echo(f"    step {s['name']:<{width}} {s['state']:<8} {detail or ''}")
             for line in _result_lines(res, verbose):
-                click.echo(f"         {' ' * width}{line}")
+                echo(f"         {' ' * width}{line}")
         for c in b["components"]:
-            click.echo(f"    {c['kind']:<8} {c['ref']}  {c['digest'][:19]}")
+            echo(f"    {c['kind']:<8} {c['ref']}  {c['digest'][:19]}")
+
+
+def _echo_printable(text: str) -> None:
+    click.echo(printable(text))
 
 
 def _result_lines(res: dict[str, Any], verbose: bool) -> list[str]:
@@ -127,7 +135,7 @@ def history_cmd(config_path: Path | None, limit: int, as_json: bool) -> None:
         return
     for e in events:
         who = f"{e['name'] or '?'} {e['version'] or ''}".strip()
-        click.echo(f"{e['at']}  {who:<30} {e['event']}" + (f"  {e['detail']}" if e["detail"] else ""))
+        _echo_printable(f"{e['at']}  {who:<30} {e['event']}" + (f"  {e['detail']}" if e["detail"] else ""))
 
 
 @agent_group.command("inventory")
