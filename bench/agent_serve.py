@@ -71,7 +71,7 @@ def main() -> None:
         shutil.rmtree(work / "cache")
         port, mport = free_port(), free_port()
         cfg = {"drop_dir": str(work / "drop"), "state_dir": str(work / "state"),
-               "trusted_keys": [str(work / "k.pub")], "registry": {"listen": f"127.0.0.1:{port}"},
+               "trusted_keys": [str(work / "k.pub")], "registry": {"listen": f"127.0.0.1:{port}", "tls": False},
                "metrics": {"listen": f"127.0.0.1:{mport}"}, "limits": {"min_free_bytes": 0}}
         (work / "agent.yaml").write_text(yaml.safe_dump(cfg))
         sha_rate = python_sha256_rate(bundle, limit=1 << 40)  # also warms the page cache for the ingest
@@ -115,6 +115,32 @@ def main() -> None:
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
+        # HTTPS (the agent's default): the same blob from the agent with its site-CA leaf and from a
+        # docker-registry with TLS, both verified by curl with their CA
+        tls_cfg = {**cfg, "registry": {"listen": f"127.0.0.1:{port}"}}
+        (work / "agent-tls.yaml").write_text(yaml.safe_dump(tls_cfg))
+        run([hb, "agent", "ca", "--config", str(work / "agent-tls.yaml"), "-o", str(work / "ca.crt")])
+        with Registry(tls=True) as treg:
+            certs = work / "certs.d"
+            certs.mkdir(exist_ok=True)
+            shutil.copyfile(treg.ca_cert, certs / "ca.crt")
+            run(["skopeo", "copy", "--quiet", "--preserve-digests", "--src-tls-verify=false", "--dest-cert-dir",
+                 str(certs), f"docker://{reg.host}/bench/big:v1", f"docker://{treg.host}/bench/big:v1"])
+            agent = subprocess.Popen([hb, "agent", "run", "--config", str(work / "agent-tls.yaml")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_healthy(agent, f"http://127.0.0.1:{mport}/healthz")
+                tls_servers = [("agent", f"127.0.0.1:{port}", work / "ca.crt"),
+                               ("docker-registry", treg.host, treg.ca_cert)]
+                raw_tls: dict[str, list[float]] = {"agent": [], "docker-registry": []}
+                for rnd in range(3):
+                    for name, host, ca in tls_servers if rnd % 2 == 0 else tls_servers[::-1]:
+                        r = run(["curl", "-sf", "--cacert", str(ca), "-o", "/dev/null",
+                                 f"https://{host}/v2/{paths[name]}/blobs/{big_layer[0]}"])
+                        raw_tls[name].append(r.seconds)
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(timeout=30)
     total = img.total_size
     best = {k: min(v) for k, v in times.items()}
     result = {
@@ -133,6 +159,8 @@ def main() -> None:
         "pull_dir": str(args.pull_dir or work),
         "curl_blob_GBps": {k: round(big_layer[1] / min(v) / 1e9, 3) for k, v in raw.items()},
         "curl_ratio_agent_vs_docker_registry": round(min(raw["docker-registry"]) / min(raw["agent"]), 2),
+        "curl_tls_blob_GBps": {k: round(big_layer[1] / min(v) / 1e9, 3) for k, v in raw_tls.items()},
+        "curl_tls_ratio_agent_vs_docker_registry": round(min(raw_tls["docker-registry"]) / min(raw_tls["agent"]), 2),
         "serve_ratio_agent_vs_docker_registry": round(best["docker-registry"] / best["agent"], 2),
     }
     if not args.workdir:

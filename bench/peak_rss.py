@@ -311,6 +311,7 @@ def cycle(hb: str, direct: bool, reg: Registry, image_ref: str, srv: ContentServ
         cfg = {"drop_dir": str(state / "drop"), "state_dir": str(state / "state"),
                "trusted_keys": [str(key.with_suffix(".pub"))],
                **{k: {"listen": f"127.0.0.1:{p}"} for k, p in ports.items()},
+               "registry": {"listen": f"127.0.0.1:{ports['registry']}", "tls": False},  # curl below: plain HTTP
                "limits": {"min_free_bytes": 0}}
         state.mkdir(parents=True, exist_ok=True)
         (state / "agent.yaml").write_text(yaml.safe_dump(cfg))

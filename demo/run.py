@@ -309,7 +309,8 @@ def main() -> int:
         agent = subprocess.Popen([str(agent_exe), "agent", "run", "--config", str(cfg_path)],
                                  stdout=subprocess.DEVNULL, stderr=open(work / "agent.log", "w"))  # noqa: SIM115
         stops.append(agent)
-        info(f"registry http://127.0.0.1:{reg_port}  files http://127.0.0.1:{files_port}  log {work / 'agent.log'}")
+        info(f"registry https://127.0.0.1:{reg_port} (a certificate from the site CA)  files "
+             f"http://127.0.0.1:{files_port}  log {work / 'agent.log'}")
 
         say("6/6 waiting for the agent: verify → ingest → publish → apply")
         deadline = time.monotonic() + args.timeout
@@ -338,12 +339,17 @@ def main() -> int:
         subprocess.run([str(agent_exe), "agent", "status", "--config", str(cfg_path)], check=False)
         print()
         ref = f"127.0.0.1:{reg_port}/release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu"  # the host stays in it
-        if shutil.which("skopeo"):
-            p = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"], capture_output=True,
-                               text=True)
+        certs = work / "certs.d"
+        certs.mkdir()
+        subprocess.run([str(agent_exe), "agent", "ca", "--config", str(cfg_path), "-o", str(certs / "ca.crt")],
+                       check=True, capture_output=True)
+        if shutil.which("skopeo"):  # verifying the registry's certificate with the site CA
+            p = subprocess.run(["skopeo", "inspect", "--cert-dir", str(certs), f"docker://{ref}"],
+                               capture_output=True, text=True)
             digest = json.loads(p.stdout)["Digest"] if p.returncode == 0 else p.stderr.strip()
-            info(f"skopeo inspect docker://{ref} → {digest}")
-        info(f"pull from the embedded registry: skopeo copy --src-tls-verify=false docker://{ref} oci:/tmp/vllm:cpu")
+            info(f"skopeo inspect --cert-dir {certs} docker://{ref} → {digest}")
+        info(f"pull from the embedded registry: skopeo copy --src-cert-dir DIR-WITH-THE-SITE-CA docker://{ref} "
+             "oci:/tmp/vllm:cpu  (the CA: hydra-bundle agent ca)")
         info("containerd on the nodes: hydra-bundle agent mirror-config --config AGENT.yaml (hosts.toml snippets)")
         info(f"model files: rclone copy --http-url http://127.0.0.1:{files_port}/model/qwen3-0.6b/ :http: /tmp/m")
         releases = helm_releases(Path(site["kubeconfig"])) if site.get("kubeconfig") else []

@@ -40,7 +40,9 @@ def write_cfg(tmp_path: Path, pub: Path, text: str) -> Path:
 
 @pytest.mark.parametrize(("extra", "line", "message"), [
     ("registry: {listen: '0.0.0.0:5000'}\nregistyr: {listen: ':1'}\n", 5, "registyr: unknown field"),
-    ("registry: {listen: '0.0.0.0:5000', tls: true}\n", 4, "registry.tls: unknown field"),
+    ("registry: {listen: '0.0.0.0:5000', auth: true}\n", 4, "registry.auth: unknown field"),
+    ("registry: {listen: '0.0.0.0:5000', tls: false, cert_file: /x.crt, key_file: /x.key}\n", 4,
+     "registry: cert_file/key_file need tls: true"),
     ("files: {listen: 'example.com:81'}\n", 4, "files.listen: .*not an IP address"),
     ("metrics: {listen: '127.0.0.1:99999'}\n", 4, "metrics.listen: .*port must be"),
     ("poll_interval: -1\n", 4, "poll_interval: .*greater than 0"),

@@ -21,7 +21,8 @@ CASES = {
                         ["ratio_direct_vs_skopeo", "ratio_cached_vs_skopeo", "python_sha256_GBps"]),
     "hashing": (["hashing.py", "--gb", "0.03", "--rounds", "1"], ["build", "verify", "ingest"]),
     "peak_rss": (["peak_rss.py", "--gb", "0.05", "--small-gb", "0.02"], ["rss_ratio_big_vs_small", "all_under_goal"]),
-    "agent_serve": (["agent_serve.py", "--gb", "0.03"], ["ingest", "serve_ratio_agent_vs_docker_registry"]),
+    "agent_serve": (["agent_serve.py", "--gb", "0.03"], ["ingest", "serve_ratio_agent_vs_docker_registry",
+                                                             "curl_tls_ratio_agent_vs_docker_registry"]),
     "delta_split": (["delta_split.py", "--images", "3", "--scale", "0.05", "--split", "4M"], ["ratio", "carried"]),
 }
 

@@ -26,7 +26,8 @@ def test_demo_runs_the_whole_journey(fixtures_dir: Path) -> None:
     assert "kit wheels match the signed index" in out
     assert "from the bundle's kit alone" in out
     assert "(installed from a kit at " in out
-    assert "skopeo inspect docker://127.0.0.1:" in out and "→ sha256:" in out
+    assert "skopeo inspect --cert-dir " in out and "→ sha256:" in out   # HTTPS, verified with the site CA
+    assert "registry https://127.0.0.1:" in out
     if "skipped: Kubernetes steps" not in out:                        # with a kube-apiserver: applied
         assert "apply:warmup-qwen3-0.6b            done" in out
         assert "apply:gateway-tls                  done" in out

@@ -64,7 +64,8 @@ class AgentProc:
         cfg: dict[str, Any] = {
             "drop_dir": str(self.drop), "state_dir": str(self.state),
             "trusted_keys": [str(k) for k in trusted_keys],
-            "registry": {"listen": f"127.0.0.1:{self.registry_port}"},
+            # plain HTTP said explicitly (the default is HTTPS): most tests talk to the registry without a CA
+            "registry": {"listen": f"127.0.0.1:{self.registry_port}", "tls": False},
             "files": {"listen": f"127.0.0.1:{self.files_port}"},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"},
             "settle_seconds": 0.6, "poll_interval": 1.0, "incomplete_timeout": 4.0, "retry_interval": 1.0,

@@ -67,6 +67,26 @@ class Listen(_Strict):
         return parse_listen(self.listen)
 
 
+class RegistryListen(Listen):
+    """The embedded registry's listener: HTTPS unless told otherwise (agent/servetls.py)."""
+
+    tls: bool = Field(True, description="HTTPS with a certificate from the site CA (or cert_file/key_file); false: "
+                      "plain HTTP, which every node must then be configured to treat as insecure")
+    cert_file: Path | None = Field(None, description="the site's own certificate (PEM, chain after the leaf)")
+    key_file: Path | None = Field(None, description="its private key (PEM)")
+    hosts: list[str] = Field([], description="names and addresses nodes use for the registry (certificate SANs); "
+                             "default: site.registry's host, the listen address, this host's name, localhost, "
+                             "127.0.0.1")
+
+    @model_validator(mode="after")
+    def _files(self) -> RegistryListen:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither (a leaf from the site CA)")
+        if not self.tls and self.cert_file is not None:
+            raise ValueError("cert_file/key_file need tls: true")
+        return self
+
+
 class Push(_Strict):
     """Push every image and chart to the site's existing registry (Harbor, distribution)."""
 
@@ -129,7 +149,8 @@ class AgentConfig(_Strict):
     drop_dir: Path
     state_dir: Path
     trusted_keys: list[Path] = Field(min_length=1)
-    registry: Listen | None = Field(None, description="embedded read-only OCI registry (omit to disable)")
+    registry: RegistryListen | None = Field(None, description="embedded read-only OCI registry, HTTPS by default "
+                                            "(omit to disable)")
     files: Listen | None = Field(None, description="embedded HTTP file server (omit to disable)")
     metrics: Listen | None = Field(None, description="/metrics and /healthz (omit to disable)")
     push: Push | None = None
@@ -170,6 +191,12 @@ class AgentConfig(_Strict):
         d, s = self.drop_dir.resolve(), self.state_dir.resolve()
         if d == s or d in s.parents or s in d.parents:
             raise ValueError("drop_dir and state_dir must not contain each other")
+        if self.site is not None and "registry_scheme" not in self.site.model_fields_set:
+            # how nodes reach site.registry when the config does not say: the push target's scheme, else ours
+            if self.push is not None:
+                self.site.registry_scheme = "http" if self.push.insecure else "https"
+            elif self.registry is not None:
+                self.site.registry_scheme = "https" if self.registry.tls else "http"
         return self
 
     def public_keys(self) -> list[ec.EllipticCurvePublicKey]:

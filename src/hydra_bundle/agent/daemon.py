@@ -32,6 +32,7 @@ from .notify import Notifier
 from .pipeline import RESTART, Pipeline, Result
 from .registry_server import RegistryHandler
 from .schema import open_database
+from .servetls import registry_tls
 from .settle import Settler, Verdict
 from .watch import Watcher, scan
 
@@ -130,11 +131,19 @@ class Agent:
             ("registry", self.config.registry, RegistryHandler), ("files", self.config.files, FileHandler),
             ("metrics", self.config.metrics, MetricsHandler)) if listen is not None]
         cap = connection_cap(self.config.limits.max_connections, len(servers))
+        tls = registry_tls(self.config)
+        if tls is not None:
+            log.info("registry serves HTTPS", extra={"kv": {"certificate": tls.source, "hosts": ",".join(tls.hosts)}})
+        elif self.config.registry is not None:
+            log.warning("registry serves plain HTTP (registry.tls: false): every node must be configured to treat "
+                        "it as insecure, and anyone on the network can read or change what it pulls",
+                        extra={"kv": {"address": self.config.registry.listen}})
         for name, listen, handler in servers:
             assert listen is not None
             try:
                 srv = Server(name, listen.address, handler, self.metrics.observe, max_connections=cap,
-                             header_timeout=self.config.limits.header_timeout, **ctx)
+                             header_timeout=self.config.limits.header_timeout,
+                             ssl_context=tls.context if tls is not None and name == "registry" else None, **ctx)
             except OSError as e:
                 self.stop_servers()
                 hint = " (ports < 1024 need CAP_NET_BIND_SERVICE)" if e.errno == 13 else ""

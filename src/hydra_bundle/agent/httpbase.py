@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -40,12 +41,13 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, name: str, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  observe: Observer | None = None, max_connections: int = 4096, header_timeout: float = 10.0,
-                 **context: Any):
+                 ssl_context: ssl.SSLContext | None = None, **context: Any):
         self.name = name
         self.context = context
         self.observe = observe or (lambda *_a: None)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.header_timeout = header_timeout
+        self.ssl_context = ssl_context
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._waiting: dict[socket.socket, float] = {}   # connections between requests → deadline
@@ -90,6 +92,16 @@ class Server(ThreadingHTTPServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
+            if self.ssl_context is not None:
+                request.settimeout(self.header_timeout)
+                try:  # the handshake runs here, in the connection's thread: never in the accept loop
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as e:
+                    log.debug("TLS handshake failed", extra={"kv": {"server": self.name, "client": client_address,
+                                                                    "error": str(e)}})
+                    with contextlib.suppress(OSError):
+                        request.close()
+                    return
             super().process_request_thread(request, client_address)
         finally:
             self.awaiting_done(request)

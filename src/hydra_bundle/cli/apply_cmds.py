@@ -189,9 +189,15 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
     if not refs:
         click.echo("no images are published yet", err=True)
         return
-    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify)
+    ca_pem = None
+    if cfg.push is None and cfg.registry is not None and cfg.registry.tls and cfg.registry.cert_file is None:
+        from ..apply.tls import SiteCA
+
+        ca_pem = SiteCA(cfg.tls_dir, site.cluster_name).pem()  # what the agent's registry certificate is from
+    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify, ca_pem)
     if fmt != "all":
-        files = {p: c for p, c in files.items() if (p == CRIO_FILE) == (fmt == "crio")}
+        files = {p: c for p, c in files.items()
+                 if (p == CRIO_FILE or p.startswith("/etc/containers/")) == (fmt == "crio")}
     if as_json:
         emit_json({"registry": site.registry, "files": files})
         return

@@ -389,7 +389,7 @@ CONFIG = """# hydra-bundle agent configuration, written by install.sh (every key
 drop_dir: /var/lib/hydra-bundle/drop
 state_dir: /var/lib/hydra-bundle/state
 trusted_keys: [{key}]
-registry: {{listen: "0.0.0.0:5000"}}      # embedded read-only OCI registry
+registry: {{listen: "0.0.0.0:5000"}}      # embedded read-only OCI registry, HTTPS from the site CA (`agent ca`)
 files: {{listen: "0.0.0.0:81"}}           # embedded HTTP file server: /model/<name>/…, /files/<name>/…
 metrics: {{listen: "127.0.0.1:9480"}}     # /metrics and /healthz
 # site:                                 # where things are on this site: the deploy steps need it (add, then
