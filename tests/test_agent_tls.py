@@ -115,3 +115,62 @@ def test_plain_http_only_when_the_config_says_so_with_a_warning(tmp_path: Path) 
         assert "level=warning" in log and "registry serves plain HTTP (registry.tls: false)" in log
         res = run_cli(["agent", "mirror-config", "--config", agent.config, "--json"])
         assert res.exit_code != 0 or "hydra-bundle-ca.crt" not in res.stdout
+
+
+def test_read_only_basic_auth_with_htpasswd(tmp_path: Path) -> None:
+    import bcrypt
+
+    key, pub = keypair(tmp_path, "k")
+    with Registry() as upstream:
+        bundle, ref, digest = _bundle(tmp_path, key, upstream)
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("puller:" + bcrypt.hashpw(b"pull pw", bcrypt.gensalt(rounds=8)).decode() + "\n")
+    pw = tmp_path / "pull.pw"
+    pw.write_text("pull pw\n")
+    with _tls_agent(tmp_path / "a", pub, htpasswd=str(htpasswd)) as agent:
+        cfg = yaml.safe_load(agent.config.read_text())
+        cfg["site"]["registry_auth"] = {"username": "puller", "password_file": str(pw)}
+        agent.config.write_text(yaml.safe_dump(cfg))
+        agent.start()
+        agent.drop_file(bundle)
+        agent.wait_state("tls", "1.0.0", "complete")
+        ca = tmp_path / "ca.crt"
+        agent.cli("ca", "-o", str(ca))
+        verify = ssl.create_default_context(cafile=str(ca))
+        base = f"https://{agent.registry}/v2/"
+        r = httpx.get(base, verify=verify)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == 'Basic realm="hydra-bundle"'
+        assert httpx.get(base, verify=verify, auth=("puller", "wrong")).status_code == 401
+        assert httpx.get(base, verify=verify, auth=("nobody", "pull pw")).status_code == 401
+        assert httpx.get(base, verify=verify, auth=("puller", "pull pw")).status_code == 200
+        assert "pull pw" not in agent.log.read_text()
+        certs = tmp_path / "certs.d"
+        certs.mkdir()
+        shutil.copyfile(ca, certs / "ca.crt")
+        name = f"{site_name(ref).repository}:1.0"
+        args = ["skopeo", "inspect", "--raw", "--cert-dir", str(certs)]
+        assert subprocess.run([*args, f"docker://{agent.registry}/{name}"], capture_output=True,
+                              timeout=60).returncode != 0
+        p = subprocess.run([*args, "--creds", "puller:pull pw", f"docker://{agent.registry}/{name}"],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "sha256:" + hashlib.sha256(p.stdout).hexdigest() == digest
+        # containerd pulls with the header mirror-config writes
+        out = tmp_path / "mirrors"
+        assert run_cli(["agent", "mirror-config", "--config", agent.config, "-o", out]).exit_code == 0
+        up = ref.split("/", 1)[0]
+        certs_dir = out / "etc/containerd/certs.d"
+        hosts = (certs_dir / up / "hosts.toml").read_text()
+        assert "authorization = \"Basic " in hosts
+        if shutil.which("containerd") and os.geteuid() == 0:
+            (certs_dir / up / "hosts.toml").write_text(
+                hosts.replace(f"/etc/containerd/certs.d/{up}/hydra-bundle-ca.crt",
+                              str(certs_dir / up / "hydra-bundle-ca.crt")))
+            root = tmp_path / "ctrd"
+            root.mkdir()
+            ctrd = Containerd(root)
+            try:
+                ctrd.ctr("content", "fetch", "--hosts-dir", str(certs_dir), ref, timeout=120)
+                assert ctrd.image_digest(ref) == digest
+            finally:
+                ctrd.stop()

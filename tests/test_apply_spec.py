@@ -3,6 +3,7 @@ the release and its values (the Helm library itself runs in test_apply_kube), th
 
 from __future__ import annotations
 
+import base64
 import json
 import stat
 import textwrap
@@ -457,6 +458,27 @@ spec:
     metadata: {labels: {app: web}}
     spec: {containers: [{name: web, image: "release.daocloud.io/hydra/vllm-openai:0.8.5.dev940-cpu"}]}
 """
+
+
+def test_registry_auth_gives_rewritten_workloads_a_pull_secret(tmp_path: Path) -> None:
+    spec = yaml.safe_load(SPEC_WITH_DEPLOY)
+    index, read_blob = synthetic_index(tmp_path, spec, {"gateway-api": GATEWAY_MANIFEST})
+    pw = tmp_path / "pull.pw"
+    pw.write_text("s3cret pull\n")
+    plan = build_plan(index, site(registry_auth={"username": "puller", "password_file": str(pw)}), read_blob,
+                      digest="sha256:" + "1" * 64)
+    m = plan.steps[0]
+    assert isinstance(m, ManifestsStep)
+    keys = [str(p.key) for p in m.ordered()]
+    assert "Secret hydra-system/hydra-bundle-registry" in keys
+    assert keys.index("Secret hydra-system/hydra-bundle-registry") < keys.index("Deployment hydra-system/web")
+    secret = next(p.obj for p in m.objects if p.obj["kind"] == "Secret")
+    assert secret["type"] == "kubernetes.io/dockerconfigjson"
+    auths = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))["auths"]
+    assert base64.b64decode(auths[SITE]["auth"]).decode() == "puller:s3cret pull"
+    web = next(p.obj for p in m.objects if p.obj["kind"] == "Deployment")
+    assert web["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "hydra-bundle-registry"}]
+    assert "s3cret" not in plan.text()   # the plan names the Secret, never its content
 
 
 def test_plan_lists_every_action_in_order_offline(tmp_path: Path) -> None:

@@ -77,6 +77,8 @@ class RegistryListen(Listen):
     hosts: list[str] = Field([], description="names and addresses nodes use for the registry (certificate SANs); "
                              "default: site.registry's host, the listen address, this host's name, localhost, "
                              "127.0.0.1")
+    htpasswd: Path | None = Field(None, description="read-only basic auth: bcrypt entries (htpasswd -B); pulls "
+                                  "then need site.registry_auth (the apply steps' pull Secret) or the mirror header")
 
     @model_validator(mode="after")
     def _files(self) -> RegistryListen:

@@ -23,6 +23,7 @@ from ..errors import Cancelled, HydraError
 from ..kit.installer import UPGRADE_EXIT
 from ..states import BundleState, Outcome
 from . import upgrade
+from .auth import Htpasswd
 from .config import AgentConfig
 from .file_server import FileHandler
 from .httpbase import Server
@@ -132,6 +133,8 @@ class Agent:
             ("metrics", self.config.metrics, MetricsHandler)) if listen is not None]
         cap = connection_cap(self.config.limits.max_connections, len(servers))
         tls = registry_tls(self.config)
+        reg = self.config.registry
+        users = Htpasswd(reg.htpasswd) if reg is not None and reg.htpasswd is not None else None
         if tls is not None:
             log.info("registry serves HTTPS", extra={"kv": {"certificate": tls.source, "hosts": ",".join(tls.hosts)}})
         elif self.config.registry is not None:
@@ -143,7 +146,8 @@ class Agent:
             try:
                 srv = Server(name, listen.address, handler, self.metrics.observe, max_connections=cap,
                              header_timeout=self.config.limits.header_timeout,
-                             ssl_context=tls.context if tls is not None and name == "registry" else None, **ctx)
+                             ssl_context=tls.context if tls is not None and name == "registry" else None,
+                             **ctx, **({"htpasswd": users} if name == "registry" and users else {}))
             except OSError as e:
                 self.stop_servers()
                 hint = " (ports < 1024 need CAP_NET_BIND_SERVICE)" if e.errno == 13 else ""

@@ -14,6 +14,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from ..oci.sitename import lookup_repository
+from .auth import REALM
 from .httpbase import StoreHandler
 
 _MANIFEST = re.compile(r"^/v2/(?P<name>.+)/manifests/(?P<ref>[^/]+)$")
@@ -49,6 +50,11 @@ class RegistryHandler(StoreHandler):
                         {**API, "Allow": "GET, HEAD"})
 
     def _route(self) -> None:
+        users = self.srv.context.get("htpasswd")
+        if users is not None and not users.check(self.headers.get("Authorization")):
+            self.reply_json(401, _err("UNAUTHORIZED", "authentication required"),
+                            {**API, "WWW-Authenticate": f'Basic realm="{REALM}"'})
+            return
         u = urlsplit(self.path)
         path, query = u.path, parse_qs(u.query)
         ns = (query.get("ns") or [""])[0] or None  # containerd's mirror requests name the upstream host

@@ -28,7 +28,7 @@ CA_FILE = "hydra-bundle-ca.crt"    # beside each hosts.toml: the site CA the age
 
 
 def containerd_hosts_toml(upstream: str, site_registry: str, scheme: str = "http", skip_verify: bool = False,
-                          ca: bool = False) -> str:
+                          ca: bool = False, authorization: str | None = None) -> str:
     """``/etc/containerd/certs.d/<upstream>/hosts.toml``: try the site registry first, then upstream.
 
     The mirror's path names the upstream host (``/v2/[PREFIX/]<host>``, ``override_path``), as every site name
@@ -48,18 +48,21 @@ def containerd_hosts_toml(upstream: str, site_registry: str, scheme: str = "http
         lines.append("  skip_verify = true")
     elif ca and scheme == "https":
         lines.append(f'  ca = "{CONTAINERD_DIR}/{upstream}/{CA_FILE}"')
+    if authorization:  # site.registry_auth: the pull credentials (keep the file readable by root only)
+        lines += [f'  [host."{scheme}://{host}/v2/{path}".header]', f'    authorization = "{authorization}"']
     return "\n".join(lines) + "\n"
 
 
 def mirror_config(upstreams: Iterable[str], site_registry: str, scheme: str = "http",
-                  skip_verify: bool = False, ca_pem: bytes | None = None) -> dict[str, str]:
+                  skip_verify: bool = False, ca_pem: bytes | None = None,
+                  authorization: str | None = None) -> dict[str, str]:
     """containerd ``hosts.toml`` per upstream registry: file path → content (one file per upstream)."""
     out: dict[str, str] = {}
     for up in sorted(set(upstreams)):
         if up == site_registry.partition("/")[0]:
             continue
         out[f"{CONTAINERD_DIR}/{up}/hosts.toml"] = containerd_hosts_toml(up, site_registry, scheme, skip_verify,
-                                                                        ca_pem is not None)
+                                                                        ca_pem is not None, authorization)
         if ca_pem is not None and scheme == "https" and not skip_verify:
             out[f"{CONTAINERD_DIR}/{up}/{CA_FILE}"] = ca_pem.decode()
     return out
@@ -81,11 +84,12 @@ def crio_registries_conf(upstreams: Iterable[str], site_registry: str, scheme: s
 
 
 def site_mirror_files(image_refs: Iterable[str], site_registry: str, scheme: str = "http",
-                      skip_verify: bool = False, ca_pem: bytes | None = None) -> dict[str, str]:
+                      skip_verify: bool = False, ca_pem: bytes | None = None,
+                      authorization: str | None = None) -> dict[str, str]:
     """Everything ``agent mirror-config`` prints for a bundle: one containerd ``hosts.toml`` per upstream registry
     of its images, and the CRI-O/podman drop-in. Path → content."""
     ups = upstream_registries(image_refs)
-    out = mirror_config(ups, site_registry, scheme, skip_verify, ca_pem)
+    out = mirror_config(ups, site_registry, scheme, skip_verify, ca_pem, authorization)
     out[CRIO_FILE] = crio_registries_conf(ups, site_registry, scheme, skip_verify)
     if ca_pem is not None and scheme == "https" and not skip_verify:  # CRI-O and podman trust it from here
         out[f"/etc/containers/certs.d/{site_registry.partition('/')[0]}/ca.crt"] = ca_pem.decode()

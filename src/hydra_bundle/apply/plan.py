@@ -17,7 +17,7 @@ from ..k8s.manifests import parse_manifests, substitute_data
 from ..k8s.objects import MANAGED_BY, MANAGED_BY_LABEL, BundleInfo, ObjKey, mark_ours, namespace_object
 from ..spec.deploy import DeploySpec, SqlSeed, TlsSecret
 from .release import HelmRelease, chart_values
-from .rewrite import chart_site_repository, rewrite_workload_images
+from .rewrite import add_pull_secret, chart_site_repository, pull_secret, rewrite_workload_images
 from .runtime import Runtime
 from .site import SiteConfig
 from .step import WHEN_TEXT, Action, ApplyStep
@@ -112,15 +112,22 @@ def _manifest_objects(index: BundleIndex, name: str, read_blob: ReadBlob, variab
     except UnicodeDecodeError:
         raise SpecError([f"{fname}:1: not UTF-8 text"]) from None
     out = []
+    secret_in: dict[str, str] = {}   # namespace → where the first workload needing the pull Secret is
     for doc in parse_manifests(text, fname, variables):
         try:
             changes = rewrite_workload_images(doc.obj, site.registry)
         except Exception as e:  # an image reference that does not parse
             raise SpecError([f"{doc.where}: {e}"]) from None
+        if changes and site.registry_auth is not None and add_pull_secret(doc.obj):
+            secret_in.setdefault((doc.obj.get("metadata") or {}).get("namespace") or "default", doc.where)
         prior = ((doc.obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL)
         p = PreparedObject(mark_ours(doc.obj, bundle), doc.where, changes)
         p.replaced_manager = prior if prior not in (None, MANAGED_BY) else None
         out.append(p)
+    if site.registry_auth is not None:
+        body = site.registry_auth.dockerconfigjson(site.registry.partition("/")[0])
+        for ns, where in secret_in.items():   # before the workloads that use it (apply order sorts by kind too)
+            out.insert(0, PreparedObject(mark_ours(pull_secret(ns, body), bundle), where, []))
     return out
 
 

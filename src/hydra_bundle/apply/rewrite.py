@@ -67,6 +67,28 @@ def rewrite_workload_images(obj: dict[str, Any], site_registry: str) -> list[Ima
     return changes
 
 
+PULL_SECRET = "hydra-bundle-registry"
+
+
+def add_pull_secret(obj: dict[str, Any]) -> bool:
+    """Reference the site registry's pull Secret from a workload's pod spec (``site.registry_auth``)."""
+    spec, _ = pod_spec(obj)
+    if spec is None:
+        return False
+    refs = spec.setdefault("imagePullSecrets", [])
+    if not any(isinstance(r, dict) and r.get("name") == PULL_SECRET for r in refs):
+        refs.append({"name": PULL_SECRET})
+    return True
+
+
+def pull_secret(namespace: str, dockerconfigjson: bytes) -> dict[str, Any]:
+    import base64
+
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+            "metadata": {"name": PULL_SECRET, "namespace": namespace},
+            "data": {".dockerconfigjson": base64.b64encode(dockerconfigjson).decode()}}
+
+
 def chart_site_repository(source: str, name: str, prefix: str = "") -> str:
     """Where the agent publishes a chart in the site registry: an ``oci://`` chart under its site name (host and
     path); a chart from a classic repository goes to ``charts/<name>``."""

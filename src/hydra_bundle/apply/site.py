@@ -29,6 +29,22 @@ def _registry_host(v: str) -> str:
     return v
 
 
+class RegistryAuth(_Strict):
+    """Credentials nodes pull from site.registry with (the agent's htpasswd, or the push registry's read user)."""
+
+    username: str
+    password_file: Path = Field(description="file holding the password (never in the config, never logged)")
+
+    def dockerconfigjson(self, registry_host: str) -> bytes:
+        """A ``kubernetes.io/dockerconfigjson`` body for ``registry_host``."""
+        import base64
+        import json
+
+        pw = self.password_file.read_text().rstrip("\n")
+        auth = base64.b64encode(f"{self.username}:{pw}".encode()).decode()
+        return json.dumps({"auths": {registry_host: {"auth": auth}}}).encode()
+
+
 class MySQLSite(_Strict):
     dsn: str = Field(description="mysql://USER@HOST[:PORT]/DATABASE (no password here: use password_file)")
     password_file: Path | None = Field(None, description="file holding the password (read when connecting)")
@@ -122,6 +138,8 @@ class SiteConfig(_Strict):
     registry: str = Field(description="site registry HOST[:PORT][/PREFIX] as nodes reach it")
     registry_scheme: Literal["http", "https"] = "http"
     registry_skip_verify: bool = Field(False, description="https with a certificate nodes do not trust")
+    registry_auth: RegistryAuth | None = Field(None, description="pull credentials: workloads the manifests steps "
+                                               "rewrite get a pull Secret (hydra-bundle-registry) in their namespace")
     file_server: str = Field(description="agent file server base URL as pods reach it, e.g. http://10.0.0.5:81")
     metallb: MetalLBSite | None = None
     kubeconfig: Path | None = Field(None, description="default: $KUBECONFIG or ~/.kube/config")

@@ -3,6 +3,7 @@ node registry-mirror snippets and the site CA. Registered on the ``agent`` group
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import sys
@@ -194,7 +195,12 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
         from ..apply.tls import SiteCA
 
         ca_pem = SiteCA(cfg.tls_dir, site.cluster_name).pem()  # what the agent's registry certificate is from
-    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify, ca_pem)
+    authorization = None
+    if site.registry_auth is not None:
+        auths = json.loads(site.registry_auth.dockerconfigjson(site.registry.partition("/")[0]))["auths"]
+        authorization = "Basic " + next(iter(auths.values()))["auth"]
+    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify, ca_pem,
+                              authorization)
     if fmt != "all":
         files = {p: c for p, c in files.items()
                  if (p == CRIO_FILE or p.startswith("/etc/containers/")) == (fmt == "crio")}
