@@ -162,6 +162,21 @@ def test_names_keep_their_registry_through_publish_rewrite_and_a_containerd_mirr
         asked = httpx.get(f"http://{agent.registry}/v2/quay.io/pause/manifests/3.9", params={"ns": "quay.io"})
         assert asked.status_code == 404
 
+        # containers/image (CRI-O, podman, skopeo) through the registries.conf drop-in `mirror-config` writes
+        res = run_cli("agent", "mirror-config", "--config", str(agent.config), "--format", "crio",
+                      "-o", str(tmp_path / "crio"))
+        assert res.returncode == 0, res.stderr
+        conf = next((tmp_path / "crio").rglob("50-hydra-bundle.conf"))
+        for ref, img in images.items():
+            p = subprocess.run(["skopeo", "--registries-conf", str(conf), "inspect", "--raw", f"docker://{ref}"],
+                               capture_output=True, timeout=60)
+            assert p.returncode == 0, (ref, p.stderr)
+            assert "sha256:" + hashlib.sha256(p.stdout).hexdigest() == img.digest, ref
+        p = subprocess.run(["skopeo", "--registries-conf", str(conf), "inspect", "--raw", "--retry-times", "0",
+                            "docker://quay.io/pause:3.9"], capture_output=True, timeout=120)
+        assert p.returncode != 0 and hashlib.sha256(p.stdout).hexdigest() not in {
+            d.digest.split(":")[1] for d in images.values()}
+
         # the name the apply steps rewrite manifests to is the one served (kubelet pulls it directly)
         for ref, img in images.items():
             direct = rewrite_image(ref, site["registry"])
