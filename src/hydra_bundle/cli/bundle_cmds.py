@@ -7,15 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..builder.build import Builder, lock_path_for
-from ..builder.kit import KitOptions
 from ..bundle.parts import describe, parse_split
 from ..bundle.reader import open_bundle, verify_bundle
 from ..bundle.sign import keygen, load_public_key
 from ..disk import human_bytes
 from ..errors import UsageError, VerifyError
-from ..spec import load_spec
-from ..spec.buildvars import parse_sets
 from .common import emit_json, handle_errors, reporter
 from .options import build_options, source_options
 
@@ -62,6 +58,11 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
               agent_pythons: tuple[str, ...], agent_index: str | None, agent_wheelhouse: Path | None, direct: bool,
               quiet: bool, as_json: bool, **src: object) -> None:
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
+    from ..builder.build import Builder
+    from ..builder.kit import KitOptions
+    from ..spec import load_spec
+    from ..spec.buildvars import parse_sets
+
     if key_path and unsigned:
         raise UsageError("--key and --unsigned exclude each other")
     if not key_path and not unsigned:
@@ -106,6 +107,10 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
 @handle_errors
 def lock_cmd(spec: Path, lock_file: Path | None, quiet: bool, as_json: bool, **src: object) -> None:
     """Pin every tag to a digest and every file to a sha256 (build --locked then refuses drift)."""
+    from ..builder.build import Builder, lock_path_for
+    from ..spec import load_spec
+    from ..spec.buildvars import parse_sets
+
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     path = lock_file or lock_path_for(spec)
     rep = reporter(quiet, as_json)

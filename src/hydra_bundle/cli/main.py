@@ -11,18 +11,34 @@ import click
 
 from .. import __version__
 
-# name → "module:attribute", in the order `--help` lists them
+# name → ("module:attribute", the short help `--help` lists), in the order `--help` lists them. The short help
+# is written here so that listing the commands imports none of them (tests/test_cli_startup.py keeps it equal to
+# each command's own).
 COMMANDS = {
-    "keygen": "bundle_cmds:keygen_cmd",
-    "lint": "lint_cmd:lint_cmd",
-    "build": "bundle_cmds:build_cmd",
-    "lock": "bundle_cmds:lock_cmd",
-    "verify": "bundle_cmds:verify_cmd",
-    "inspect": "bundle_cmds:inspect_cmd",
-    "diff": "transfer_cmds:diff_cmd",
-    "copy-to": "transfer_cmds:copy_to_cmd",
-    "agent": "agent_cmds:agent_group",
+    "keygen": ("bundle_cmds:keygen_cmd", "Create an ECDSA P-256 key pair: PREFIX.key (PEM PKCS#8) and PREFIX.pub."),
+    "lint": ("lint_cmd:lint_cmd",
+             "Check SPEC offline: schema, pins, manifests, site variables, and that every image is listed."),
+    "build": ("bundle_cmds:build_cmd", "Build a signed bundle from SPEC (default bundle-spec.yaml)."),
+    "lock": ("bundle_cmds:lock_cmd",
+             "Pin every tag to a digest and every file to a sha256 (build --locked then refuses drift)."),
+    "verify": ("bundle_cmds:verify_cmd", "Verify bundles or parts in one streaming pass each: signature first, then "
+               "every member's size and digest."),
+    "inspect": ("bundle_cmds:inspect_cmd",
+                "Show what a bundle holds (reads only the index; does NOT verify — use `verify`)."),
+    "diff": ("transfer_cmds:diff_cmd", "Components added/removed/changed from OLD to NEW (bundles, parts or index "
+             "JSON), and the bytes a delta for a site holding OLD would carry (blobs in NEW not in OLD)."),
+    "copy-to": ("transfer_cmds:copy_to_cmd", "Copy bundles or parts to DEST (a mounted stick): free space checked "
+                "first, each file written as NAME.part, fsynced, read back and compared by sha256, then renamed; "
+                "SHA256SUMS updated in DEST."),
+    "agent": ("agent_cmds:agent_group", "The on-site agent: drop-dir daemon, embedded registry and file server."),
 }
+
+
+def load_command(target: str, name: str) -> click.Command:
+    module, _, attr = target.partition(":")
+    cmd = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    assert isinstance(cmd, click.Command) and cmd.name == name, target
+    return cmd
 
 
 class LazyGroup(click.Group):
@@ -30,13 +46,27 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = COMMANDS.get(cmd_name)
-        if target is None:
-            return None
-        module, _, attr = target.partition(":")
-        cmd = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
-        assert isinstance(cmd, click.Command) and cmd.name == cmd_name, target
-        return cmd
+        entry = COMMANDS.get(cmd_name)
+        return load_command(entry[0], cmd_name) if entry else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table above: `--help` imports no command module."""
+        with formatter.section("Commands"):
+            names = self.list_commands(ctx)
+            limit = formatter.width - 6 - max(map(len, names))
+            formatter.write_dl([(name, _shorten(COMMANDS[name][1], limit)) for name in names])
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Like click: whole words up to ``limit`` characters, then "..."."""
+    if len(text) <= limit:
+        return text
+    out = ""
+    for word in text.split():
+        if len(out) + len(word) + 4 > limit:
+            break
+        out = f"{out} {word}" if out else word
+    return out + "..."
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

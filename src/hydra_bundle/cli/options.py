@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..builder.build import BuildOptions
-from ..builder.cache import default_cache_dir
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..builder.build import BuildOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +44,9 @@ def source_options(fn: F) -> F:
 
 def build_options(cache_dir: Path | None, insecure: tuple[str, ...], mirrors: tuple[str, ...],
              platforms: tuple[str, ...], jobs: int, tls_ca: str | None, **kw: Any) -> BuildOptions:
+    from ..builder.build import BuildOptions  # here: `verify`/`inspect` never import the builder
+    from ..builder.cache import default_cache_dir
+
     return BuildOptions(cache_dir=cache_dir or default_cache_dir(), insecure=parse_insecure(insecure),
                         mirrors=parse_mirrors(mirrors), platforms=list(platforms) or None, jobs=jobs,
                         verify_tls=tls_ca or True, **kw)

@@ -1,0 +1,39 @@
+"""The CLI answers without importing what it does not run: `--help` lists the commands from a table (no
+command module imported), `verify` and `inspect` never import the builder, the agent or the Kubernetes client.
+What is imported is asserted, not how long it takes (docs/benchmarks.md has the times)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hydra_bundle.cli.main import COMMANDS, load_command
+
+
+def _imported(*args: str) -> set[str]:
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "hydra_bundle.cli.main", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_command_table_says_what_each_command_says(name: str) -> None:
+    target, short = COMMANDS[name]
+    assert load_command(target, name).get_short_help_str(limit=10**6) == short
+
+
+def test_help_imports_no_command() -> None:
+    mods = _imported("--help")
+    assert not {m for m in mods if m.startswith("hydra_bundle.") and m not in (
+        "hydra_bundle.cli.main", "hydra_bundle.cli")} - {"hydra_bundle"}, mods
+
+
+@pytest.mark.parametrize("cmd", ["verify", "inspect"])
+def test_verify_and_inspect_import_neither_builder_nor_agent(cmd: str) -> None:
+    mods = _imported(cmd, "--help")
+    heavy = {m for m in mods if m.startswith(("hydra_bundle.builder", "hydra_bundle.agent", "hydra_bundle.apply",
+                                              "kubernetes", "helm_python", "httpx"))}
+    assert heavy == set(), heavy
