@@ -102,6 +102,11 @@ def test_registry_api(served: AgentProc, agent_site: Site, agent_bundles: dict[s
         assert chart.headers["docker-content-digest"] == agent_site.chart_digest
         filt = c.get(f"{base}/{src}/agent/filtered/manifests/1.0")
         assert filt.headers["content-type"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+        # a platform the bundle left out is named, with the platforms it carries (not a bare "manifest unknown")
+        gone = c.get(f"{base}/{src}/agent/filtered/manifests/{agent_site.filtered[1].digest}")
+        assert gone.status_code == 404 and gone.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        assert gone.json()["errors"][0]["message"].startswith(
+            "linux/arm64/v8 is not in the bundle: it carries linux/amd64 of this image"), gone.json()
 
         layer = app.layers[1]
         url = f"{base}/{src}/agent/app/blobs/sha256:{hashlib.sha256(layer).hexdigest()}"

@@ -146,6 +146,12 @@ class Published:
         rows = self.db.query("SELECT digest, media_type FROM refs WHERE repo=? AND tag=?", (repo, reference))
         return (rows[0]["digest"], rows[0]["media_type"]) if rows else None
 
+    def indexes(self, repo: str) -> list[str]:
+        """Digests of the multi-platform indexes published in ``repo``."""
+        marks = ",".join("?" * len(mt.INDEX_TYPES))
+        return [r["digest"] for r in self.db.query(
+            f"SELECT DISTINCT digest FROM refs WHERE repo=? AND media_type IN ({marks})", (repo, *mt.INDEX_TYPES))]
+
     def blob_size(self, digest: str) -> int | None:
         rows = self.db.query("SELECT size FROM blobs WHERE digest=?", (digest,))
         return int(rows[0]["size"]) if rows else None

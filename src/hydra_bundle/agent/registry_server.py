@@ -10,6 +10,7 @@ published content is served (``published.py``): a bundle being ingested or refus
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import parse_qs, urlsplit
 
@@ -87,7 +88,8 @@ class RegistryHandler(StoreHandler):
         found = self.published.manifest(name, ref)
         if found is None:
             code = "MANIFEST_UNKNOWN" if self.published.repo_exists(name) else "NAME_UNKNOWN"
-            self.reply_json(404, _err(code, "manifest unknown", {"name": name, "reference": ref}), API)
+            message = self._left_out(name, ref) if code == "MANIFEST_UNKNOWN" else None
+            self.reply_json(404, _err(code, message or "manifest unknown", {"name": name, "reference": ref}), API)
             return
         digest, media = found
         try:
@@ -105,3 +107,29 @@ class RegistryHandler(StoreHandler):
         self.send_file(self.store.path(digest), size,
                        {**API, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
                         "Cache-Control": "max-age=31536000, immutable"}, "application/octet-stream")
+
+    def _left_out(self, name: str, ref: str) -> str | None:
+        """A child manifest of a published multi-platform index that the bundle left out (``platforms:``): say
+        which platforms the bundle carries instead of a bare "manifest unknown" (``skopeo copy --all``, ``ctr
+        --all-platforms`` and pulls for another architecture ask for them)."""
+        if not ref.startswith("sha256:"):
+            return None
+        for digest in self.published.indexes(name):
+            try:
+                index = json.loads(self.store.path(digest).read_bytes())
+            except (OSError, ValueError):
+                continue
+            children = index.get("manifests") or []
+            if not any(isinstance(c, dict) and c.get("digest") == ref for c in children):
+                continue
+            want = next(c.get("platform") or {} for c in children if c.get("digest") == ref)
+            kept = sorted({_platform(c.get("platform") or {}) for c in children
+                           if isinstance(c, dict) and self.store.has(str(c.get("digest")))})
+            return (f"{_platform(want)} is not in the bundle: it carries {', '.join(kept) or 'no platform'} of this "
+                    "image (the spec's platforms: decide which; list every platform to carry them all)")
+        return None
+
+
+def _platform(p: dict[str, object]) -> str:
+    out = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
+    return f"{out}/{p['variant']}" if p.get("variant") else out
