@@ -17,11 +17,21 @@ import httpx
 REGISTRY_BIN = "docker-registry"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a currently free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a currently free TCP port on 127.0.0.1, never one this process handed out before: two ports taken
+    one after the other (an agent's files and metrics listeners) could otherwise be the same, since neither is
+    bound until the agent starts."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 def htpasswd_line(username: str, password: str, rounds: int = 5) -> str:
