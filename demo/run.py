@@ -184,22 +184,13 @@ def start_site(work: Path, fixtures: Path, log: Callable[[str], None]) -> tuple[
 
 
 def kit_wheelhouse() -> Path:
-    """The agent kit's dependency wheels for this host's Python, downloaded once (``~/.cache/hydra-bundle-demo``):
-    the build then takes them with ``--agent-wheelhouse`` (pip ``--no-index``) instead of asking PyPI for six
-    targets on every run. A real build (no --agent-python) covers amd64 and arm64 × CPython 3.11–3.13."""
-    import importlib.metadata
-    import platform
+    """The agent kit's dependency wheels for this host's Python, downloaded once and shared with the tests
+    (``tests/support/kit.py``): the build takes them with ``--agent-wheelhouse`` (pip ``--no-index``) instead of
+    asking PyPI for six targets on every run. A real build (no --agent-python) covers amd64 and arm64 × CPython
+    3.11–3.13."""
+    from tests.support.kit import dependency_wheels
 
-    from hydra_bundle.builder.kit import PLATFORMS, KitOptions, constraints, requirements, resolve_wheels, target_name
-
-    plat = {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}.get(platform.machine(), "linux/amd64")
-    py = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    metadata = importlib.metadata.distribution("hydra-bundle").read_text("METADATA") or ""
-    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hydra-bundle-demo"
-    target = home / target_name(plat, py).replace("/", "-").replace(" ", "-")
-    resolve_wheels(target, plat, py, requirements(metadata, py, PLATFORMS[plat][0]), constraints(), KitOptions(),
-                   info)
-    return target
+    return dependency_wheels()[0].parent
 
 
 def install_agent(bundle: Path, pub: Path, prefix: Path) -> Path:

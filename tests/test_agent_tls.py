@@ -113,8 +113,6 @@ def test_plain_http_only_when_the_config_says_so_with_a_warning(tmp_path: Path) 
         assert httpx.get(f"http://{agent.registry}/v2/").status_code == 200
         log = agent.log.read_text()
         assert "level=warning" in log and "registry serves plain HTTP (registry.tls: false)" in log
-        res = run_cli(["agent", "mirror-config", "--config", agent.config, "--json"])
-        assert res.exit_code != 0 or "hydra-bundle-ca.crt" not in res.stdout
 
 
 def test_read_only_basic_auth_with_htpasswd(tmp_path: Path) -> None:
