@@ -299,7 +299,7 @@ class Builder:
                 installer: bytes | None = None) -> tuple[ix.BundleIndex, dict[str, bytes]]:
         layout_index = canonical_json({
             "schemaVersion": 2, "mediaType": mt.OCI_INDEX,
-            "manifests": [f.top.json() for f in finished],
+            "manifests": [d.json() for f in finished for d in (f.top, f.fallback) if d is not None],
         })
         layout = {LAYOUT_NAME: OCI_LAYOUT, LAYOUT_INDEX_NAME: layout_index}
         types: dict[str, str] = {}

@@ -102,3 +102,5 @@ class Finished:
     component: Any                 # a bundle.index component model
     top: Descriptor                # goes into the layout's index.json
     blob_types: dict[str, str]     # digest → media type for every blob of the component
+    # a second index.json entry under the same name, after `top`, for readers that skip `top`'s media type
+    fallback: Descriptor | None = None

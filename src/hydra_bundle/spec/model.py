@@ -81,6 +81,8 @@ class Metadata(_Strict):
 class ImageSpec(_Strict):
     ref: str
     platforms: list[str] | None = Field(None, description="override the bundle's platforms for this image")
+    allPlatforms: bool | None = Field(None, description="carry every child of a multi-platform image (no "
+                                                        "platform filter): `skopeo copy --all` works on site")
 
     @field_validator("ref")
     @classmethod
@@ -98,6 +100,15 @@ class ImageSpec(_Strict):
             if not _PLATFORM.match(p):
                 raise ValueError(f"{p!r} is not os/arch[/variant]")
         return v
+
+    @model_validator(mode="after")
+    def _all_or_some(self) -> ImageSpec:
+        if self.allPlatforms and self.platforms is not None:
+            raise ValueError(f"{self.ref}: give either platforms or allPlatforms: true, not both")
+        if self.allPlatforms and self.ref.startswith("docker-daemon:"):
+            raise ValueError(f"{self.ref}: allPlatforms needs a registry image (a docker-daemon: image has one "
+                             "platform)")
+        return self
 
     @property
     def reference(self) -> Reference:

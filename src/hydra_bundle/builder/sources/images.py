@@ -48,7 +48,8 @@ class ImageSource:
             children = []
             for d in top.json().get("manifests", []):
                 plat = platform_of(d.get("platform"))
-                if any(platform_matches(plat, w) for w in self.platforms) and d.get("mediaType") in mt.MANIFEST_TYPES:
+                wanted = self.spec.allPlatforms or any(platform_matches(plat, w) for w in self.platforms)
+                if wanted and d.get("mediaType") in mt.MANIFEST_TYPES:
                     children.append((plat, d))
             if not children:
                 avail = sorted({platform_of(d.get("platform")) for d in top.json().get("manifests", [])})
@@ -98,7 +99,8 @@ class ImageSource:
         except ValueError:
             return "unknown/unknown"
         plat = platform_of(c if isinstance(c, dict) else None)
-        if plat != "unknown/unknown" and not any(platform_matches(plat, w) for w in self.platforms):
+        wanted = self.spec.allPlatforms or any(platform_matches(plat, w) for w in self.platforms)
+        if plat != "unknown/unknown" and not wanted:
             ctx.log(f"warning: {self.spec.ref} is a single-platform image for {plat}, not {', '.join(self.platforms)}")
         return plat
 
@@ -115,18 +117,19 @@ class ImageSource:
         types = dict(self.blob_types)
         top = Descriptor(self.top.media_type, self.top.digest, len(self.top.data),
                          ref_annotations(self.spec.ref, "image"))
-        layout_digest = None
+        layout_digest = fallback = None
         if self.top.media_type in (mt.DOCKER_MANIFEST, mt.DOCKER_LIST):
-            # OCI tools (skopeo's oci-archive: transport) only look up OCI-typed entries of index.json. A small
-            # OCI index listing the kept Docker manifests names the image for them; the original manifest (and
-            # its digest, which is what the site serves and what signatures cover) stays as it is.
+            # index.json names the upstream manifest itself first: readers that look up Docker-typed entries
+            # (recent containers/image) copy it with its upstream digest. Older ones (skopeo 1.9, podman 4.3)
+            # skip Docker-typed entries; for them a small OCI index listing the kept Docker manifests follows
+            # under the same name (copying that with --all lands the small index's digest, see bundle-format.md).
             wrapper = canonical_json({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": self.kept_desc})
             layout_digest = ctx.cache.put_bytes(wrapper)
             types[layout_digest] = mt.OCI_INDEX
-            top = Descriptor(mt.OCI_INDEX, layout_digest, len(wrapper), ref_annotations(self.spec.ref, "image"))
+            fallback = Descriptor(mt.OCI_INDEX, layout_digest, len(wrapper), ref_annotations(self.spec.ref, "image"))
         comp = ix.Image(ref=self.spec.ref, digest=self.top.digest, mediaType=self.top.media_type,
                         platforms=self.kept, blobs=list(types), source=src, layoutDigest=layout_digest)
-        return Finished(self.kind, comp, top, types)
+        return Finished(self.kind, comp, top, types, fallback)
 
 
 def _fetch_small_blob(ctx: Context, ref: Reference, digest: str, size: int) -> bytes:
