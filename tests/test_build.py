@@ -895,7 +895,7 @@ def test_split_build_downloads_into_the_parts(registry: Registry, tmp_path: Path
     (split or not) from those parts download nothing."""
     weights = _weights(tmp_path)
     srv = file_server(tmp_path / "www")
-    spec, img = _direct_spec(tmp_path, registry, srv, weights)
+    spec, _ = _direct_spec(tmp_path, registry, srv, weights)
     key, pub = keypair(tmp_path)
     out = tmp_path / "parts" / "b.tar"
     out.parent.mkdir()
