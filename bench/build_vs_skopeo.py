@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--gb", type=float, default=1.6, help="total image data to seed (GB)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="rounds (order alternates); best of each is reported")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds (order alternates); the median of each is reported")
     ap.add_argument("--tmpfs", action="store_true",
                     help="registry storage and outputs in /dev/shm: takes the disk out (hashing efficiency)")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -133,7 +133,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     save("build_vs_skopeo" + ("_tmpfs" if args.tmpfs else ""), result)
     print(f"\nimages: {total / 1e9:.2f} GB in {args.images} images on {result['storage']} "
-          f"({result['machine']['cpus']} cpus), best of {args.rounds}")
+          f"({result['machine']['cpus']} cpus), median of {args.rounds}")
     for m in MODES:
         r = result[f"hydra_build_{m}"]
         print(f"hydra-bundle build {' '.join(MODES[m]):15}: {r['seconds']:6.2f} s  {r['GBps']:.3f} GB/s  "
