@@ -8,7 +8,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,6 +38,44 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
     of leaving it all dirty in the page cache for one long fsync at the end. Best effort: errors are ignored."""
     if _sync_file_range is not None:
         _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2) (Linux; not in Python's os module). None elsewhere."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_files(root: str | os.PathLike[str], paths: Iterable[Path]) -> None:
+    """Make the bytes and names of ``paths`` (files on the filesystem holding ``root``) durable. More than one
+    file: one ``syncfs`` of that filesystem (one journal commit and cache flush instead of one per file; it also
+    flushes whatever else is dirty there, which is written back soon anyway). One file, no syncfs, or syncfs
+    failing (it reports writeback errors since Linux 5.8): fsync each file and each directory holding one, so the
+    error, if any, names the file."""
+    paths = list(paths)
+    if len(paths) > 1 and _syncfs is not None:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for d in sorted({p.parent for p in paths}):
+        fsync_dir(d)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
