@@ -140,10 +140,12 @@ def main() -> None:
         result[name] = {"seconds": round(big[name], 3), "small_seconds": round(small.get(name, 0.0), 3),
                         "GBps": round(whole / 1e9, 3), "fraction_of_sha256": round(whole / sha, 2),
                         "per_byte_GBps": round(marginal / 1e9, 3),
-                        "per_byte_fraction_of_sha256": round(marginal / sha, 2)}
+                        "per_byte_fraction_of_sha256": round(marginal / sha, 2),
+                        "ratio_to_sha256sum": round(whole / coreutils, 2)}
         label = {"build": "build --direct", "ingest": "agent ingest", "ingest_step": "  ingest step"}.get(name, name)
         print(f"  {label:15s} {big[name]:6.2f} s (1 MB: {small.get(name, 0):.2f} s)  whole {whole / 1e9:.2f} GB/s "
-              f"= {whole / sha:.0%}   per byte {marginal / 1e9:.2f} GB/s = {marginal / sha:.0%} of sha256")
+              f"= {whole / sha:.0%}   per byte {marginal / 1e9:.2f} GB/s = {marginal / sha:.0%} of sha256, "
+              f"whole = {whole / coreutils:.2f}x sha256sum")
     save("hashing", result)
 
 

@@ -25,6 +25,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str], str]] = {
               "registry -> bundle vs skopeo copy --preserve-digests docker:// oci: (goal >= 1.3x)"),
     "hashing": ("hashing.py", [], [],
                 "build/verify/ingest as a fraction of single-core sha256, disk taken out (goal >= 85%)"),
+    "ingest": ("ingest.py", [], [],
+               "agent ingest on disk and on tmpfs as a ratio to sha256sum on the same bundle (goal >= 85% on tmpfs)"),
     "agent": ("agent_serve.py", [], [],
               "agent ingest; embedded registry vs docker-registry serving skopeo (goal >= 1.0x)"),
     "rss": ("peak_rss.py", [], ["--gb", "20"], "peak RSS of build/verify/ingest/serve, 2 GB vs 0.2 GB (goal < 150 MB)"),

@@ -12,8 +12,12 @@ import httpx
 import pytest
 import yaml
 
+from hydra_bundle.agent.store import Store
 from hydra_bundle.bundle import INDEX_NAME
+from hydra_bundle.bundle.reader import open_bundle
+from hydra_bundle.bundle.sign import load_public_key
 from hydra_bundle.bundle.tarreader import TarReader
+from hydra_bundle.errors import VerifyError
 from tests.support import agent_fixtures
 from tests.support.agent import AgentProc, run_cli, wait_for
 from tests.support.agent_fixtures import Built, Keys, Site, sha256_file, store_files
@@ -174,9 +178,9 @@ def test_kill9_during_ingest_then_restart_converges(tmp_path: Path, agent_keys: 
     try:
         agent.drop_file(big.path)
 
-        def mid_ingest() -> bool:
-            files = store_files(agent.state)
-            return any(k.startswith("tmp/") for k in files) and any(not k.startswith("tmp/") for k in files)
+        def mid_ingest() -> bool:  # blobs are made durable in one batch at the end of the step: until then
+            # the finished ones wait in tmp/ beside the one being written, none under its digest name
+            return len([k for k in store_files(agent.state) if k.startswith("tmp/")]) >= 2
 
         wait_for(mid_ingest, 30, "an ingest in progress", interval=0.02)
         agent.kill9()
@@ -211,6 +215,38 @@ def catalog_or_none(agent: AgentProc) -> list[str] | None:
         return catalog(agent)
     except httpx.HTTPError:
         return None
+
+
+def test_a_batch_names_blobs_by_digest_only_once_durable(tmp_path: Path, agent_keys: Keys,
+                                                         agent_bundles: dict[str, Built]) -> None:
+    """Blobs of a batch wait in tmp/ (not present, not served) until the batch is synced; then all are in. A
+    refused member in the middle keeps what was verified before it and leaves no temp file."""
+    big = agent_bundles["big"]
+    keys = [load_public_key(agent_keys.release_pub)]
+    store = Store(tmp_path / "store")
+    put: list[str] = []
+    with open_bundle(big.path, keys) as ob, store.batch():
+        for m in ob.members():
+            if store.put_member(m):
+                put.append(m.digest)
+                assert not store.has(m.digest) and len(list(store.tmp.iterdir())) == len(put)
+        ob.finish()
+    assert put and all(store.has(d) for d in put), [d for d in put if not store.has(d)]
+    assert all(f"sha256:{sha256_file(store.path(d))}" == d for d in put)
+    assert not list(store.tmp.iterdir())
+
+    bad = tmp_path / "tampered.tar"
+    tampered_copy(big.path, bad)
+    store2 = Store(tmp_path / "store2")
+    before: list[str] = []
+    with pytest.raises(VerifyError), open_bundle(bad, keys) as ob, store2.batch():
+        for m in ob.members():
+            store2.put_member(m)
+            before.append(m.digest)
+    refused = {b.digest for b in big.index.blobs} - set(before)
+    assert before and all(store2.has(d) and f"sha256:{sha256_file(store2.path(d))}" == d for d in before)
+    assert not any(store2.has(d) for d in refused)
+    assert not list(store2.tmp.iterdir())
 
 
 def test_duplicate_is_a_noop_and_downgrade_is_refused(tmp_path: Path, agent_keys: Keys, agent_site: Site,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -802,11 +803,11 @@ def test_memory_stays_flat(registry: Registry, tmp_path: Path) -> None:
     assert rss["big"] - rss["small"] < 24 * 1024, rss
 
 
-# ---------------------------------------------------------------- --direct
+# ---------------------------------------------------------------- in place (the default) and --cache-blobs
 
 
 def _direct_spec(tmp_path: Path, registry: Registry, srv: FileServer, weights: bytes) -> tuple[Path, Image]:
-    img = make_image([2_500_000, 1_200_000, 3000], 91)  # two layers over the 1 MiB --direct threshold
+    img = make_image([2_500_000, 1_200_000, 3000], 91)  # two layers over the 1 MiB in-place threshold
     repo = _repo("direct")
     push_image(registry.host, repo, "1", img)
     spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{registry.host}/{repo}:1"}],
@@ -830,28 +831,103 @@ def _weights(tmp_path: Path) -> bytes:
     return data
 
 
-def test_direct_build_is_identical_and_skips_the_cache(registry: Registry, tmp_path: Path,
-                                                       file_server: FileServerFactory) -> None:
+def test_default_build_writes_each_byte_once_and_rebuilds_from_the_earlier_bundle(
+        registry: Registry, tmp_path: Path, file_server: FileServerFactory) -> None:
+    """Big blobs go straight into the bundle (not into the cache); a rebuild downloads nothing, copying them from
+    the earlier bundle; the bundle is byte-for-byte the one --cache-blobs (the cache path) writes."""
     weights = _weights(tmp_path)
     srv = file_server(tmp_path / "www")
     spec, img = _direct_spec(tmp_path, registry, srv, weights)
     key, pub = keypair(tmp_path)
-    cached = build(spec, tmp_path / "cached.tar", tmp_path / "c1", key=key, hosts=[registry.host])
-    direct = build(spec, tmp_path / "direct.tar", tmp_path / "c2", "--direct", key=key, hosts=[registry.host])
+    cached = build(spec, tmp_path / "cached.tar", tmp_path / "c1", "--cache-blobs", key=key, hosts=[registry.host])
+    direct = build(spec, tmp_path / "direct.tar", tmp_path / "c2", key=key, hosts=[registry.host])
     a, b = (tmp_path / "cached.tar").read_bytes(), (tmp_path / "direct.tar").read_bytes()
     ms = tar_members(tmp_path / "cached.tar")
     lo, hi = ms[1].header_offset, ms[2].header_offset  # the signature member (ECDSA is randomized)
     assert len(a) == len(b) and a[:lo] == b[:lo] and a[hi:] == b[hi:]
     assert run_cli(["verify", tmp_path / "direct.tar", "--pub", pub]).exit_code == 0
-    assert direct["downloadedBytes"] == cached["downloadedBytes"]
+    assert direct["downloadedBytes"] == cached["downloadedBytes"] > len(weights)
     big = [img.layer_digests[0], img.layer_digests[1], digest_of(weights), digest_of(_FILE)]
     assert all(_has_cache(tmp_path / "c1", d) for d in big)
     assert not any(_has_cache(tmp_path / "c2", d) for d in big)  # written once: into the bundle only
     assert _has_cache(tmp_path / "c2", img.layer_digests[2])  # small blobs still go through the cache
-    # a blob already cached is copied from the cache, not downloaded again
-    again = build(spec, tmp_path / "again.tar", tmp_path / "c1", "--direct", key=key, hosts=[registry.host])
-    assert again["downloadedBytes"] == 0
-    assert run_cli(["verify", tmp_path / "again.tar", "--pub", pub]).exit_code == 0
+    # a rebuild downloads nothing: cached blobs from the cache, the others from the earlier bundle
+    for cache in ("c1", "c2"):
+        again = build(spec, tmp_path / f"again-{cache}.tar", tmp_path / cache, key=key, hosts=[registry.host])
+        assert again["downloadedBytes"] == 0, cache
+        assert run_cli(["verify", tmp_path / f"again-{cache}.tar", "--pub", pub]).exit_code == 0
+    # ... also when it replaces the earlier bundle under the same name
+    assert build(spec, tmp_path / "direct.tar", tmp_path / "c2", key=key, hosts=[registry.host])[
+        "downloadedBytes"] == 0
+    assert run_cli(["verify", tmp_path / "direct.tar", "--pub", pub]).exit_code == 0
+
+
+def test_rebuild_downloads_again_what_earlier_bundles_no_longer_hold(
+        registry: Registry, tmp_path: Path, file_server: FileServerFactory) -> None:
+    """The record of earlier bundles is a hint: a bundle moved away or changed in place is not copied from."""
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, img = _direct_spec(tmp_path, registry, srv, weights)
+    cache = tmp_path / "cache"
+    build(spec, tmp_path / "one.tar", cache, hosts=[registry.host])
+    big = len(img.layers[0]) + len(img.layers[1]) + len(weights) + len(_FILE)  # the blobs downloaded in place
+    (tmp_path / "one.tar").rename(tmp_path / "moved.tar")  # e.g. to the USB stick
+    assert build(spec, tmp_path / "two.tar", cache, hosts=[registry.host])["downloadedBytes"] == big
+    # the same size, other bytes where the weights lie (mtime changes): downloaded again, and the bundle is right
+    data = bytearray((tmp_path / "two.tar").read_bytes())
+    at = bytes(data).index(weights)
+    data[at + 10] ^= 1
+    (tmp_path / "two.tar").write_bytes(bytes(data))
+    three = build(spec, tmp_path / "three.tar", cache, hosts=[registry.host])
+    assert three["downloadedBytes"] == big
+    assert blob(tmp_path / "three.tar", digest_of(weights)) == weights
+    # changed without a trace in the file's identity: the copy's hash check catches it, nothing is written
+    data = bytearray((tmp_path / "three.tar").read_bytes())
+    at = bytes(data).index(_FILE)
+    data[at + 5] ^= 1
+    st = (tmp_path / "three.tar").stat()
+    (tmp_path / "three.tar").write_bytes(bytes(data))
+    os.utime(tmp_path / "three.tar", ns=(st.st_atime_ns, st.st_mtime_ns))
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    build(spec, outdir / "four.tar", cache, hosts=[registry.host], expect=1)
+    assert "changed since it was written" in _last_error() and digest_of(_FILE) in _last_error()
+    assert list(outdir.iterdir()) == []
+    assert build(spec, outdir / "four.tar", cache, hosts=[registry.host])["downloadedBytes"] >= len(_FILE)
+    assert blob(outdir / "four.tar", digest_of(_FILE)) == _FILE
+
+
+def test_split_build_downloads_into_the_parts(registry: Registry, tmp_path: Path,
+                                              file_server: FileServerFactory) -> None:
+    """--split takes the same path: blobs (and segments of blobs cut across parts) are downloaded straight into
+    the parts, segment digests computed on the way; every part verifies alone, SHA256SUMS matches, and rebuilds
+    (split or not) from those parts download nothing."""
+    weights = _weights(tmp_path)
+    srv = file_server(tmp_path / "www")
+    spec, _ = _direct_spec(tmp_path, registry, srv, weights)
+    key, pub = keypair(tmp_path)
+    out = tmp_path / "parts" / "b.tar"
+    out.parent.mkdir()
+    cache = tmp_path / "cache"
+    s = build(spec, out, cache, "--split", "1500000", key=key, hosts=[registry.host])
+    parts = [Path(p["path"]) for p in s["parts"]]
+    assert len(parts) >= 5 and all(p.stat().st_size <= 1_500_000 for p in parts)
+    assert not _has_cache(cache, digest_of(weights))
+    sums = (out.parent / "SHA256SUMS").read_text()
+    assert subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=out.parent).returncode == 0, sums
+    for p in parts:
+        assert run_cli(["verify", p, "--pub", pub]).exit_code == 0, p
+    res = run_cli(["verify", *parts, "--pub", pub])
+    assert res.exit_code == 0, res.stderr
+    whole = build(spec, tmp_path / "whole.tar", cache, key=key, hosts=[registry.host])
+    assert whole["downloadedBytes"] == 0
+    assert blob(tmp_path / "whole.tar", digest_of(weights)) == weights
+    again = tmp_path / "again" / "b.tar"
+    again.parent.mkdir()
+    s2 = build(spec, again, cache, "--split", "1500000", key=key, hosts=[registry.host])
+    assert s2["downloadedBytes"] == 0
+    assert [p["sha256"] for p in s2["parts"]] != []
+    assert run_cli(["verify", *[Path(p["path"]) for p in s2["parts"]], "--pub", pub]).exit_code == 0
 
 
 def test_direct_download_resumes_in_place(registry: Registry, tmp_path: Path,
@@ -861,7 +937,7 @@ def test_direct_download_resumes_in_place(registry: Registry, tmp_path: Path,
     spec, _ = _direct_spec(tmp_path, registry, srv, weights)
     srv.fail_after("/m/w.bin", 1_100_000)
     out = tmp_path / "b.tar"
-    build(spec, out, tmp_path / "cache", "--direct", hosts=[registry.host])
+    build(spec, out, tmp_path / "cache", hosts=[registry.host])
     gets = [(r.range, r.status) for r in srv.requests if r.path == "/m/w.bin" and r.method == "GET"]
     assert gets == [(None, 200), ("bytes=1100000-", 206)]
     assert blob(out, digest_of(weights)) == weights
@@ -877,16 +953,10 @@ def test_direct_refuses_wrong_bytes_and_leaves_nothing(registry: Registry, tmp_p
     (tmp_path / "www" / "m" / "w.bin").write_bytes(bytes(bad))  # same size, other content
     outdir = tmp_path / "out"
     outdir.mkdir()
-    build(spec, outdir / "b.tar", tmp_path / "cache", "--direct", hosts=[registry.host], expect=1)
+    build(spec, outdir / "b.tar", tmp_path / "cache", hosts=[registry.host], expect=1)
     assert f"digest mismatch: expected {digest_of(weights)}, got {digest_of(bytes(bad))}" in _last_error()
     assert "cache" not in _last_error()
     assert list(outdir.iterdir()) == []  # no bundle, no temp file
-
-
-def test_direct_with_split_is_refused(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "s.yaml", files=[{"name": "x", "path": str(tmp_path / "s.yaml")}])
-    build(spec, tmp_path / "b.tar", tmp_path / "cache", "--direct", "--split", "64M", expect=2)
-    assert "--direct" in _last_error() and "--split" in _last_error()
 
 
 @pytest.mark.parametrize("direct", [False, True])
@@ -900,7 +970,7 @@ def test_delta_never_downloads_what_the_site_has(registry: Registry, tmp_path: P
         {"digest": digest_of(weights), "size": len(weights)},
         {"digest": img.layer_digests[0], "size": len(img.layers[0])}]}))
     out = tmp_path / "b.tar"
-    flags = ["--site-inventory", inv, *(["--direct"] if direct else [])]
+    flags = ["--site-inventory", inv, *([] if direct else ["--cache-blobs"])]
     s = build(spec, out, tmp_path / "cache", *flags, hosts=[registry.host])
     assert s["omittedBlobs"] == 2 and s["omittedBytes"] == len(weights) + len(img.layers[0])
     assert not any(r.path == "/m/w.bin" for r in srv.requests)  # never fetched
@@ -928,7 +998,7 @@ def test_tls_registry_with_site_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         assert fast_get(blob_url, {}, True) is None  # unknown CA: left to httpx, which reports it
 
         spec = write_spec(tmp_path / "s.yaml", images=[{"ref": f"{reg.host}/tls/app:1"}])
-        for direct in ([], ["--direct"]):
+        for direct in (["--cache-blobs"], []):
             out = tmp_path / f"b{len(direct)}.tar"
             build(spec, out, tmp_path / f"c{len(direct)}", "--tls-ca", reg.ca_cert, *direct)
             assert blob(out, img.layer_digests[0]) == img.layers[0]

@@ -24,7 +24,7 @@ import httpx
 
 from . import __version__
 from .digest import CHUNK
-from .disk import WRITEBACK_STEP, start_writeback
+from .disk import BlobSink
 from .errors import BodyInterrupted, Cancelled, DigestMismatch, SourceError
 from .retry import delay
 
@@ -215,17 +215,17 @@ def download(open_response: Callable[[dict[str, str]], Body], what: str, partial
     return got, have
 
 
-def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd: int, offset: int,
+def download_into(open_response: Callable[[dict[str, str]], Body], what: str, sink: BlobSink,
                   size: int, digest: str, progress: Progress | None = None,
                   fail: Callable[[httpx.Response, str], Exception] | None = None, attempts: int = 5,
                   stop: threading.Event | None = None, log: Callable[[str], None] | None = None) -> tuple[str, int]:
-    """Stream a body of known size and digest into ``fd`` at ``offset`` (a hole reserved for it in a bundle).
+    """Stream a body of known size and digest into ``sink`` (the holes reserved for it in a bundle or its parts).
 
-    Used by ``build --direct``: the bytes are written once, to their final place. A cut-off download resumes
+    The default build's path: the bytes are written once, to their final place. A cut-off download resumes
     with Range from where it stopped, keeping the running hash, so each byte is still hashed exactly once;
     the caller owns the file and discards it on any error (a digest mismatch cannot become right)."""
     h = hashlib.sha256()
-    have = high = kicked = 0
+    have = high = 0
     stalled = 0
     while True:
         before = have
@@ -238,7 +238,8 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
         if resp is not None:
             try:
                 if resp.status_code == 200 and have:
-                    h, have, kicked = hashlib.sha256(), 0, 0  # server ignored Range: start over
+                    h, have = hashlib.sha256(), 0  # server ignored Range: start over
+                    sink.reset()
                 elif resp.status_code not in (200, 206):
                     raise _failure(resp, what, fail)
                 for chunk in resp.chunks():
@@ -248,17 +249,11 @@ def download_into(open_response: Callable[[dict[str, str]], Body], what: str, fd
                     if have + n > size:
                         raise SourceError(f"{what}: more data than the declared {size} bytes")
                     h.update(chunk)
-                    view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                    done = 0
-                    while done < n:
-                        done += os.pwrite(fd, view[done:], offset + have + done)
+                    sink.write(chunk if isinstance(chunk, memoryview) else memoryview(chunk))
                     have += n
                     if progress and have > high:
                         progress(have - high)
                         high = have
-                    if have - kicked >= WRITEBACK_STEP:
-                        start_writeback(fd, offset + kicked, have - kicked)
-                        kicked = have
             except BodyInterrupted as e:
                 if log:
                     log(f"warning: {what}: interrupted after {have} bytes ({e}); resuming")

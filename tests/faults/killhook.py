@@ -24,7 +24,8 @@ from typing import Any
 POINTS = {
     "blob-start": "a blob the store lacks is about to be written (no temp file yet)",
     "mid-blob": "half of a new blob's bytes are in its temp file",
-    "blob-before-rename": "a blob is complete and fsynced in tmp/, not yet renamed to its digest",
+    "batch-before-sync": "the step's (or part's) blobs are complete in tmp/, not yet synced nor renamed",
+    "blob-before-rename": "a blob is complete and synced in tmp/, not yet renamed to its digest",
     "blob-after-rename": "a blob was renamed to its digest, the directory not yet fsynced",
     "ingest-before-done": "every blob is stored, the journal does not know yet",
     "between-steps": "ingest is recorded done, publish has not started",
@@ -99,6 +100,14 @@ def install() -> None:
         return orig_put(self, member, progress)
 
     store.Store.put_member = put_member  # type: ignore[method-assign]
+
+    orig_sync = store.sync_files
+
+    def sync_files(root: Any, paths: Any) -> None:
+        hit("batch-before-sync")
+        orig_sync(root, paths)
+
+    store.sync_files = sync_files
 
     orig_read = reader.BlobMember.read_into
 

@@ -98,7 +98,8 @@ class FaultAgent(AgentProc):
         """``fill``: at the armed point fill the filesystem holding that dir instead of killing the agent
         (``fill_reserve``: the journal's reserve in ``fill/store`` too)."""
         self.drop.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        root = Path(__file__).resolve().parents[2]  # this checkout's tests and sources, not an installed copy
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
         for k in ("HYDRA_FAULT", "HYDRA_FAULT_FILL", "HYDRA_FAULT_FILL_RESERVE"):
             env.pop(k, None)
         if fault:

@@ -226,7 +226,8 @@ def test_store_fills_up_mid_ingest(fault_bundles: Bundles, fault_keys: Keys, ref
         with agent:
             agent.start()
             agent.drop_file(fault_bundles.rich.path)
-            wait_until(lambda: len(store_blobs(agent.state)) >= 3, 30, "ingest under way")
+            # the step's blobs wait in store/tmp until the batch is synced at its end
+            wait_until(lambda: len(list((agent.state / "store" / "tmp").iterdir())) >= 3, 30, "ingest under way")
             filler = fill(state)
             wait_until(lambda: bundle_states(agent.state).get("rich 1.0.0") not in (None, "running", "received"),
                        30, f"ingest stopped\n{agent.log_tail()}")

@@ -63,6 +63,8 @@ def choose(r: Any, points: Points, agent: FaultAgent, b: Bundle, ref: Reference)
             return r.choice(["publish-in-tx", "push-mid-upload", "before-complete"])
         big = point == "mid-blob" and r.random() < 0.5  # the two 1.5 MB layers come last in the tar
         return f"{point}@{max(1, missing - r.randrange(2)) if big else r.randint(1, missing)}"
+    if point == "batch-before-sync" and missing == 0:  # nothing left to write: no batch to sync
+        return r.choice(["publish-in-tx", "push-mid-upload", "before-complete"])
     if point == "push-mid-upload":
         return f"{point}@{r.randint(1, 12)}"
     if point == "push-before-manifest":

@@ -3,8 +3,9 @@
 Each member is checked against the signed index while it streams (name, size from the tar header equal to
 the index, sha256 of the bytes) — the same rules as ``hydra-bundle verify`` because it is the same reader.
 Each byte is read once from the drop dir; blobs the store already holds (from earlier bundles or an
-interrupted run of this one) are skipped without being read. A mismatch raises VerifyError: the caller
-quarantines the bundle and removes the blobs this run added.
+interrupted run of this one) are skipped without being read. The step's blobs are made durable as one batch
+(:meth:`Store.batch`) before it returns, so the journal never records a step whose blobs a crash could lose.
+A mismatch raises VerifyError: the caller quarantines the bundle and removes the blobs this run added.
 """
 
 from __future__ import annotations
@@ -78,19 +79,19 @@ def _stream(ctx: StepContext, ob: OpenBundle) -> tuple[int, int, int]:
         throttle(n)
         ctx.progress(n)
 
-    for m in ob.members():
-        ctx.check_stop()
-        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
-            m.read_into(None, progress)  # verified; the store keeps its own layout files
-            continue
-        if store.put_member(m, progress):
-            added.append(m.digest)
-            n_added += 1
-            bytes_added += m.size
-        else:
-            n_present += 1
-    ob.finish()
-    store.sync()
+    with store.batch():  # durable at the end, before the runner journals the step done
+        for m in ob.members():
+            ctx.check_stop()
+            if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
+                m.read_into(None, progress)  # verified; the store keeps its own layout files
+                continue
+            if store.put_member(m, progress):
+                added.append(m.digest)
+                n_added += 1
+                bytes_added += m.size
+            else:
+                n_present += 1
+        ob.finish()
     return n_added, n_present, bytes_added
 
 
@@ -113,16 +114,16 @@ def ingest_part(store: Store, ob: OpenBundle, limits: Limits, progress: Callable
         throttle(k)
         progress(k)
 
-    for m in ob.members():
-        check_stop()
-        if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
-            m.read_into(None, prog)
-        elif m.name in segs:
-            n += store.put_segment(ob.digest, segs[m.name].blob, segs[m.name].offset, m, prog)
-        else:
-            n += store.put_member(m, prog)
-    ob.finish()
-    store.sync()
+    with store.batch():  # durable at the end, before the caller journals the part ingested
+        for m in ob.members():
+            check_stop()
+            if m.name in (LAYOUT_NAME, LAYOUT_INDEX_NAME, INSTALLER_NAME):
+                m.read_into(None, prog)
+            elif m.name in segs:
+                n += store.put_segment(ob.digest, segs[m.name].blob, segs[m.name].offset, m, prog)
+            else:
+                n += store.put_member(m, prog)
+        ob.finish()
     return f"part {ob.part} of {idx.parts.count}: {n} blobs/segments stored"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -22,9 +21,10 @@ from ..bundle import FORMAT, INSTALLER_NAME, LAYOUT_INDEX_NAME, LAYOUT_NAME
 from ..bundle import index as ix
 from ..bundle.parts import WrittenPart, plan_split
 from ..bundle.sign import load_private_key, sign
+from ..bundle.tarwriter import Piece
 from ..bundle.writer import write_bundle, write_parts
-from ..digest import CHUNK, canonical_json, sha256_bytes
-from ..disk import ensure_free_space
+from ..digest import canonical_json, sha256_bytes
+from ..disk import BlobSink, ensure_free_space
 from ..errors import Cancelled, DigestMismatch, SourceError, UsageError
 from ..httpio import tls_verify
 from ..oci import mediatypes as mt
@@ -36,9 +36,10 @@ from .cache import BlobCache
 from .context import BlobTask, Context, Finished
 from .delta import load_inventory, omit_present
 from .kit import KitOptions, build_kit
+from .ledger import Ledger
 from .sources import make_sources
 
-DIRECT_MIN = 1 << 20  # --direct: smaller blobs still go through the cache (cheap, and rebuilds reuse them)
+DIRECT_MIN = 1 << 20  # smaller blobs go through the cache (cheap, and rebuilds reuse them); bigger ones in place
 
 
 @dataclass
@@ -56,7 +57,7 @@ class BuildOptions:
     verify_tls: bool | str = True
     split: int | None = None              # max part size (--split); None: one tar
     site_inventory: Path | None = None    # --site-inventory: leave out blobs the site holds
-    direct: bool = False                  # --direct: uncached pinned blobs go straight into the bundle
+    cache_blobs: bool = False             # --cache-blobs: big blobs into the blob cache too (a second write)
     agent_kit: bool = True                # --no-agent-kit leaves the agent's wheels and install.sh out
     kit: KitOptions = field(default_factory=KitOptions)
 
@@ -146,7 +147,9 @@ class Builder:
         self.downloaded = 0
         self.cached = 0
         self.sizes: dict[str, int] = {}           # digest → size of every blob the build knows
-        self.direct: dict[str, BlobTask] = {}     # blobs to stream straight into the bundle (--direct)
+        self.direct: dict[str, BlobTask] = {}     # blobs to stream straight into the bundle or its parts
+        self.ledger = Ledger(opts.cache_dir)      # earlier bundles: where their blobs lie
+        self.located: dict[str, list[Piece]] = {}  # blobs to copy from an earlier bundle
         self.site: dict[str, int] | None = None   # --site-inventory: digest → size the site holds
         self._count = threading.Lock()
         self._close: list[Callable[[], None]] = []
@@ -172,7 +175,7 @@ class Builder:
         http = httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0), follow_redirects=True,
                             verify=tls_verify(self.opts.verify_tls),
                             headers={"User-Agent": f"hydra-bundle/{__version__}"})
-        self._close = [client.close, http.close]  # kept open for --direct downloads while writing; see close()
+        self._close = [client.close, http.close]  # kept open for the in-place downloads while writing; see close()
         ctx = self._context(client, http)
         sources = make_sources(self.spec, ctx)
         self.rep.stage("resolve", None)
@@ -215,39 +218,44 @@ class Builder:
         return list(seen.values())
 
     def _plan_direct(self, tasks: list[BlobTask]) -> list[BlobTask]:
-        """Take out of the download list the blobs a delta leaves out (the site has them: never fetched) and,
-        with ``--direct``, the pinned blobs that are not cached (fetched later, into their place in the bundle).
-        Returns the tasks still to bring into the cache."""
+        """Take out of the download list the blobs a delta leaves out (the site has them: never fetched), the
+        blobs an earlier bundle holds (copied from it while writing) and the big pinned blobs that are not cached
+        (downloaded later, straight into their places in the bundle). Returns the tasks still to bring into the
+        cache."""
         rest = []
         for t in tasks:
             digest, size = t.digest, t.size
             if digest is None or size is None or self.cache.has(digest, size):
                 rest.append(t)
-            elif self.site is not None and self.site.get(digest) == size:
-                t.result = (digest, size)
-                self.sizes[digest] = size
-            elif self.opts.direct and t.fetch_into is not None and size >= DIRECT_MIN:
-                t.result = (digest, size)
-                self.sizes[digest] = size
+                continue
+            if self.site is not None and self.site.get(digest) == size:
+                pass
+            elif (pieces := self.ledger.find(digest, size)) is not None:
+                self.located[digest] = pieces
+                self.cached += size
+            elif not self.opts.cache_blobs and t.fetch_into is not None and size >= DIRECT_MIN:
                 self.direct[digest] = t
             else:
                 rest.append(t)
+                continue
+            t.result = (digest, size)
+            self.sizes[digest] = size
         return rest
 
-    def _fill(self, fd: int, holes: list[tuple[ix.Blob, int]]) -> None:
-        """Download the ``--direct`` blobs in parallel into their reserved places in the bundle (big first)."""
+    def _fill(self, holes: list[tuple[ix.Blob, BlobSink]]) -> None:
+        """Download the in-place blobs in parallel into their reserved places (big first)."""
         stop = threading.Event()
 
-        def run(blob: ix.Blob, offset: int) -> None:
+        def run(blob: ix.Blob, sink: BlobSink) -> None:
             fetch_into = self.direct[blob.digest].fetch_into
             assert fetch_into is not None
-            fetch_into(fd, offset, self.rep.advance, stop)
+            fetch_into(sink, self.rep.advance, stop)
             with self._count:
                 self.downloaded += blob.size
 
         holes = sorted(holes, key=lambda h: -h[0].size)
         with ThreadPoolExecutor(self.opts.jobs) as pool:
-            futures = [pool.submit(run, b, off) for b, off in holes]
+            futures = [pool.submit(run, b, sink) for b, sink in holes]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in done if f.exception() and not isinstance(f.exception(), Cancelled)]
             if failed:
@@ -342,8 +350,6 @@ class Builder:
             key = load_private_key(self.opts.key_path)  # fail on a bad key before downloading anything
         created = source_date()
         expiry(created, self.opts.expires or self.spec.metadata.expires)  # a bad --expires fails before downloading
-        if self.opts.direct and self.opts.split is not None:
-            raise UsageError("--direct writes one tar; parts (--split) are written from the cache: drop one of them")
         site = load_inventory(self.opts.site_inventory) if self.opts.site_inventory else None
         self.site = site
         _, finished = self.resolve_and_fetch()
@@ -357,31 +363,41 @@ class Builder:
         index, layout = self.compose(finished, created, installer)
         omitted = omit_present(index, site) if site is not None else (0, 0)
         written: list[WrittenPart] = []
+        sizes = {b.digest: b.size for b in index.blobs}
+
+        def locate(digest: str) -> list[Piece]:
+            return self.located.get(digest) or [(self.cache.path(digest), 0, sizes[digest])]
+
+        def verify(digest: str) -> bool:
+            return digest not in self.cache.written
+
+        direct = set(self.direct)
         try:
             if self.opts.split is not None:
                 index.parts = plan_split(index, self.opts.split, key is not None)
-                self.rep.stage("plan", sum(s.size for p in index.parts.parts for s in p.segments) or None)
-                hash_segments(index, self.cache.path, self.rep.advance)
                 index.validate_self()
-            index_bytes = index.to_bytes()
-            sig = sign(key, index_bytes) if key is not None else None
-            self.rep.stage("write", index.carried_size)
-            if index.parts is not None:
-                written = write_parts(out, index, index_bytes, sig, layout, self.cache.path,
-                                      int(created.timestamp()), self.rep.advance,
-                                      verify=lambda d: d not in self.cache.written)
+                self.rep.stage("write", index.carried_size)
+                signer = (lambda data: sign(key, data)) if key is not None else None
+                written, placed, _, sig = write_parts(out, index, signer, layout, locate, int(created.timestamp()),
+                                                      self.rep.advance, verify, direct, self._fill)
                 size = sum(p.size for p in written)
             else:
-                size = write_bundle(out, index, index_bytes, sig, layout, self.cache.path,
-                                    int(created.timestamp()), self.rep.advance,
-                                    verify=lambda d: d not in self.cache.written,
-                                    direct=self.direct, fill=self._fill)
+                index_bytes = index.to_bytes()
+                sig = sign(key, index_bytes) if key is not None else None
+                self.rep.stage("write", index.carried_size)
+                size, placed = write_bundle(out, index, index_bytes, sig, layout, locate, int(created.timestamp()),
+                                            self.rep.advance, verify, direct, self._fill)
         except DigestMismatch as e:
             if e.expected in self.direct:
                 raise  # the source served other bytes than its manifest names: nothing cached to blame
+            if e.expected in self.located:
+                self.ledger.forget()
+                raise SourceError(f"an earlier bundle this build copies from was changed since it was written "
+                                  f"({e}); its record was dropped: run the build again to download the blob") from None
             self.cache.discard(e.expected)
             raise SourceError(f"the build cache held a damaged blob ({e}); it was removed: run the build again "
                               "to download it") from None
+        self.ledger.record({d: ext for d, ext in placed.items() if sizes[d] >= DIRECT_MIN})
         return BuildResult(out, index, size, self.downloaded, self.cached, time.monotonic() - t0, sig is not None,
                            written, omitted)
 
@@ -398,35 +414,3 @@ class Builder:
                        + yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, path)
         return data
-
-
-def hash_segments(index: ix.BundleIndex, blob_path: Callable[[str], Path],
-                  progress: Callable[[int], None] | None = None) -> None:
-    """Fill in the digest of every segment: one sequential read of each segmented blob, which also re-checks
-    the whole blob's digest (so the write after it can copy in the kernel)."""
-    assert index.parts is not None
-    by_blob: dict[str, list[ix.Segment]] = {}
-    for p in index.parts.parts:
-        for sg in p.segments:
-            by_blob.setdefault(sg.blob, []).append(sg)
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    for blob, segs in by_blob.items():
-        whole = hashlib.sha256()
-        with open(blob_path(blob), "rb", buffering=0) as f:
-            for sg in sorted(segs, key=lambda s: s.offset):
-                h = hashlib.sha256()
-                left = sg.size
-                while left:
-                    n = f.readinto(view[: min(CHUNK, left)])
-                    if not n:
-                        raise DigestMismatch(blob, blob, "a shorter file")
-                    h.update(view[:n])
-                    whole.update(view[:n])
-                    left -= n
-                    if progress:
-                        progress(n)
-                sg.digest = "sha256:" + h.hexdigest()
-        got = "sha256:" + whole.hexdigest()
-        if got != blob:
-            raise DigestMismatch(blob, blob, got)

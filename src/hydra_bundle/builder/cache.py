@@ -21,6 +21,7 @@ from pathlib import Path
 from ..digest import CHUNK
 from ..errors import DigestMismatch
 from ..oci.layout import BlobDir
+from .ledger import Ledger
 
 
 def default_cache_dir() -> Path:
@@ -93,5 +94,6 @@ class BlobCache(BlobDir):
             if p.exists():
                 n += sum(f.stat().st_size for f in p.iterdir() if f.is_file())
         shutil.rmtree(self.root / "blobs", ignore_errors=True)
+        Ledger(self.root).forget()  # the records of where earlier bundles hold blobs go with the cache
         shutil.rmtree(self.tmp, ignore_errors=True)
         return n

@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 
+from ..disk import BlobSink
 from ..errors import UsageError
 from ..oci.client import RegistryClient
 from .cache import BlobCache
 
 Progress = Callable[[int], None]
-FetchInto = Callable[[int, int, Progress, threading.Event], tuple[str, int]]
+FetchInto = Callable[[BlobSink, Progress, threading.Event], tuple[str, int]]
 
 
 @dataclass
@@ -77,8 +78,8 @@ class BlobTask:
     label: str
     fetch: Callable[[Progress], tuple[str, int]]
     result: tuple[str, int] | None = None
-    # ``build --direct``: write the (digest- and size-pinned) blob straight into a hole of the bundle being
-    # written: (fd, offset, progress, stop) → (digest, size). None: this source goes through the cache.
+    # write the (digest- and size-pinned) blob straight into its holes in the bundle or parts being written:
+    # (sink, progress, stop) → (digest, size). None: this source goes through the cache.
     fetch_into: FetchInto | None = None
 
 

@@ -17,6 +17,7 @@ from ..errors import DigestMismatch
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
+Piece = tuple["str | os.PathLike[str]", int, int]  # file, offset, length
 
 
 def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:
@@ -68,21 +69,38 @@ class TarWriter:
             self.progress(len(data))
 
     def add_file(self, name: str, path: str | os.PathLike[str], size: int, offset: int = 0,
-                 verify: str | None = None) -> None:
-        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments).
+                 verify: str | None = None) -> int:
+        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments). Returns the
+        offset of the member's data in the archive.
 
         With ``verify`` (a sha256 digest) the bytes are hashed on the way through and a mismatch raises
         DigestMismatch; otherwise they are copied in the kernel."""
+        h = hashlib.sha256() if verify is not None else None
+        start = self.add_pieces(name, [(path, offset, size)], size, [h] if h is not None else [])
+        if h is not None and verify is not None:
+            got = "sha256:" + h.hexdigest()
+            if got != verify:
+                raise DigestMismatch(str(path), verify, got)
+        return start
+
+    def add_pieces(self, name: str, pieces: list[Piece], size: int, hashers: list[hashlib._Hash] | None = None) -> int:
+        """Add a member whose ``size`` bytes are the concatenation of ``pieces`` (file, offset, length): a blob
+        that lies in the parts of an earlier split bundle. Every hasher in ``hashers`` sees the bytes (the caller
+        checks digests); with none the copy stays in the kernel. Returns the offset of the member's data."""
+        assert sum(n for _, _, n in pieces) == size, "pieces do not add up to the member size"
         self._header(name, size)
         self.out.flush()
-        with open(path, "rb") as src:
-            if verify is None and self.hasher is None:
-                copy_range(src.fileno(), self.out.fileno(), offset, size, self.progress)
-            else:
-                _copy_hashed(src.fileno(), self.out.fileno(), offset, size, verify, str(path), self.progress,
-                             self.hasher)
+        start = self.offset
+        through = list(hashers or []) + ([self.hasher] if self.hasher is not None else [])
+        for path, offset, n in pieces:
+            with open(path, "rb") as src:
+                if not through:
+                    copy_range(src.fileno(), self.out.fileno(), offset, n, self.progress)
+                else:
+                    _copy_hashed(src.fileno(), self.out.fileno(), offset, n, str(path), self.progress, through)
         self.offset += size
         self._pad(size)
+        return start
 
     def reserve(self, name: str, size: int) -> int:
         """Write a member's header and leave its data as a hole to be filled later (``build --direct``).
@@ -129,9 +147,9 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, size: int,
             progress(n)
 
 
-def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str | None, what: str,
-                 progress: Callable[[int], None] | None, out_hasher: hashlib._Hash | None = None) -> None:
-    h = hashlib.sha256()
+def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, what: str,
+                 progress: Callable[[int], None] | None, hashers: list[hashlib._Hash]) -> None:
+    """Copy through Python, feeding every hasher (one read and one hash of each byte per hasher)."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     pos, remaining = offset, size
@@ -139,10 +157,8 @@ def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str |
         n = os.preadv(src_fd, [view[: min(CHUNK, remaining)]], pos)
         if n <= 0:
             raise OSError(f"{what}: ended {remaining} bytes early")
-        if digest is not None:
+        for h in hashers:
             h.update(view[:n])
-        if out_hasher is not None:
-            out_hasher.update(view[:n])
         written = 0
         while written < n:
             written += os.write(dst_fd, view[written:n])
@@ -150,6 +166,3 @@ def _copy_hashed(src_fd: int, dst_fd: int, offset: int, size: int, digest: str |
         remaining -= n
         if progress:
             progress(n)
-    got = "sha256:" + h.hexdigest()
-    if digest is not None and got != digest:
-        raise DigestMismatch(what, digest, got)

@@ -48,14 +48,17 @@ def keygen_cmd(prefix: Path) -> None:
 @click.option("--agent-wheelhouse", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Directory of wheels for the agent kit: with no --agent-index the only source (pip --no-index); "
                    "a hydra-bundle wheel there is used as the agent's own.")
-@click.option("--direct", is_flag=True,
-              help="Stream pinned blobs that are not cached straight into the bundle (each byte written once; "
-                   "they are not kept in the cache, so a rebuild downloads them again). Not with --split.")
+@click.option("--cache-blobs", is_flag=True,
+              help="Also keep big blobs in the blob cache (a second write of each byte). By default they are "
+                   "downloaded straight into the bundle, and a rebuild copies them from the earlier bundle while it "
+                   "is where it was written.")
+@click.option("--direct", is_flag=True, hidden=True)  # the default since 0.1 (kept so older scripts still run)
 @source_options
 @handle_errors
 def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, locked: bool, lock_file: Path | None,
               expires: str | None, split: str | None, site_inventory: Path | None, no_agent_kit: bool,
-              agent_pythons: tuple[str, ...], agent_index: str | None, agent_wheelhouse: Path | None, direct: bool,
+              agent_pythons: tuple[str, ...], agent_index: str | None, agent_wheelhouse: Path | None, cache_blobs: bool,
+              direct: bool,
               quiet: bool, as_json: bool, **src: object) -> None:
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
     from ..builder.build import Builder
@@ -71,7 +74,8 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
         raise UsageError(f"-o {out}: " + ("is a directory" if out.is_dir() else f"{out.parent} is not a directory"))
     s = load_spec(spec, parse_sets(src.pop("sets")))  # type: ignore[arg-type]
     opts = build_options(key_path=key_path, unsigned=unsigned, locked=locked, lock_path=lock_file, expires=expires,
-                    split=parse_split(split) if split else None, site_inventory=site_inventory, direct=direct,
+                    split=parse_split(split) if split else None, site_inventory=site_inventory,
+                    cache_blobs=cache_blobs,
                     agent_kit=not no_agent_kit,
                     kit=KitOptions(list(agent_pythons) or None, agent_index, agent_wheelhouse),
                     **src)  # type: ignore[arg-type]

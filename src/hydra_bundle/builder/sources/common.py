@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from ...digest import canonical_json
+from ...disk import BlobSink
 from ...errors import NotFound, SourceError, UsageError
 from ...httpio import Body, HttpxBody, download, download_into, fast_get
 from ...oci import mediatypes as mt
@@ -42,9 +43,9 @@ def registry_task(ctx: Context, ref: Reference, digest: str, size: int, media_ty
                               RESUME_ATTEMPTS, ctx.log)
         return digest, size
 
-    def fetch_into(fd: int, offset: int, progress: Progress, stop: threading.Event) -> tuple[str, int]:
+    def fetch_into(sink: BlobSink, progress: Progress, stop: threading.Event) -> tuple[str, int]:
         return download_into(ctx.client.blob_opener(ref.registry, ref.repository, digest), f"{ref.name}@{digest}",
-                             fd, offset, size, digest, progress, ctx.client.fail, RESUME_ATTEMPTS, stop, ctx.log)
+                             sink, size, digest, progress, ctx.client.fail, RESUME_ATTEMPTS, stop, ctx.log)
 
     return BlobTask(digest, digest, size, media_type, f"{ref.name}@{digest[:19]}", fetch, fetch_into=fetch_into)
 
@@ -77,9 +78,9 @@ def http_task(ctx: Context, url: str, sha256: str | None, size: int | None, medi
         ctx.cache.adopt(partial, got)
         return got, n
 
-    def fetch_into(fd: int, offset: int, progress: Progress, stop: threading.Event) -> tuple[str, int]:
+    def fetch_into(sink: BlobSink, progress: Progress, stop: threading.Event) -> tuple[str, int]:
         assert digest is not None and size is not None
-        return download_into(open_response, url, fd, offset, size, digest, progress, fail, RESUME_ATTEMPTS, stop,
+        return download_into(open_response, url, sink, size, digest, progress, fail, RESUME_ATTEMPTS, stop,
                              ctx.log)
 
     # only content pinned by digest and size can have its place in the bundle before it is downloaded
