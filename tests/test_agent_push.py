@@ -44,7 +44,8 @@ def test_push_mode_into_a_second_registry(tmp_path: Path, agent_keys: Keys, agen
         agent.drop_file(agent_bundles["demo1"].path)
         b = agent.wait_state("demo", "1.0.0", "complete")
         push = next(s for s in b["steps"] if s["name"] == "push")
-        assert push["state"] == "done" and "5 references" in push["detail"], push
+        # 4 images, the chart, the model and the file: everything the embedded registry serves
+        assert push["state"] == "done" and "7 references" in push["detail"], push
 
         # single-platform image and untouched multi-arch index: same digests, pulled by tag
         assert inspect(f"docker://{at}/agent/app:1.0")["Digest"] == agent_site.app1.digest
@@ -71,11 +72,33 @@ def test_push_mode_into_a_second_registry(tmp_path: Path, agent_keys: Keys, agen
         r = get_manifest(target, f"{agent_site.site_host}/agent/charts/demo", "0.1.0")
         assert r.status_code == 200 and r.headers["docker-content-digest"] == agent_site.chart_digest
 
-        # a second bundle: blobs already there are skipped, the new image is pushed
+        # the model and the file as the same OCI artifacts, by the embedded registry's site names
+        tag = "1.0.0"
+        for kind, name in (("models", "tiny"), ("files", "tool")):
+            comp = next(c for c in getattr(agent_bundles["demo1"].index.components, kind) if c.name == name)
+            served = httpx.get(f"http://{agent.registry}/v2/hydra-bundle/{kind}/{name}/manifests/{tag}",
+                               headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            r = get_manifest(target, f"hydra-bundle/{kind}/{name}", tag)
+            assert r.status_code == 200 and r.headers["docker-content-digest"] == comp.digest, r.text
+            assert r.content == served.content
+            for layer in json.loads(r.content)["layers"]:
+                blob = httpx.get(f"http://{target}/v2/hydra-bundle/{kind}/{name}/blobs/{layer['digest']}")
+                assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == layer["digest"]
+
+        # a second bundle: blobs already there are skipped, the new image is pushed (and the shared model)
         agent.drop_file(agent_bundles["demo2"].path)
         b2 = agent.wait_state("demo", "2.0.0", "complete")
-        assert "1 references" in b2["steps"][-1]["detail"]
+        assert "2 references" in b2["steps"][-1]["detail"]
         assert inspect(f"docker://{at}/agent/app:2.0")["Digest"] == agent_site.app2.digest
+
+    # a second push of the same bundle (a fresh agent, the same site registry) uploads nothing
+    with AgentProc(tmp_path / "b", [agent_keys.release_pub], push={"registry": target, "insecure": True}) as again:
+        again.start()
+        again.drop_file(agent_bundles["demo1"].path)
+        b = again.wait_state("demo", "1.0.0", "complete")
+        push = next(s for s in b["steps"] if s["name"] == "push")
+        counts = push["result"]["blobs"]
+        assert counts["uploaded"] == 0 and counts["mounted"] == 0 and counts["exists"] > 0, push
 
 
 def test_push_with_credentials_prefix_and_retry(tmp_path: Path, agent_keys: Keys, agent_site: Site,

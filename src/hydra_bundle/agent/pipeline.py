@@ -5,7 +5,7 @@ The steps of every bundle, in order (:func:`step_defs`)::
     ingest    (agent.ingest)    copy every member into the content store, verifying each blob
     upgrade   (agent.upgrade)   a newer agent kit in the bundle: install it beside this agent and restart into it
     publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
-    push      (agent.push)      only with ``push:`` configured: copy images and charts to the site registry
+    push      (agent.push)      only with ``push:`` configured: copy every served artifact to the site registry
     apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
 
 Order of checks, before anything is written to the store: signature against ``trusted_keys`` (and the

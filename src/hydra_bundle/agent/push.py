@@ -1,10 +1,13 @@
-"""The ``push`` step (only with ``push:`` configured): copy every image and chart of a bundle to the site's
-existing registry (Harbor, distribution) under their site names (``oci/sitename.py``: the upstream host stays in
-the path), under ``push.registry``'s prefix.
+"""The ``push`` step (only with ``push:`` configured): copy everything the embedded registry would serve — images,
+charts, and the artifacts hydra-bundle makes (manifests, files, models, the agent kit) — to the site's existing
+registry (Harbor, distribution) under their site names (``oci/sitename.py``: the upstream host stays in the path,
+``hydra-bundle/models/<name>:<version>`` for our artifacts), under ``push.registry``'s prefix. A site that runs
+its own registry instead of the embedded one so still has every artifact, with the digests the index pins.
 
 Blobs stream from the store in chunked uploads (``push.chunk_size``), skipped when the registry already has
-them, cross-repo mounted when this step already pushed them to another repository. Manifests are pushed
-byte-for-byte, so every digest is preserved.
+them (HEAD), cross-repo mounted when this step already pushed them to another repository. So a re-run after a
+partial push (the step failed or the agent stopped) re-uploads only the blobs that never completed. Manifests are
+pushed byte-for-byte, so every digest is preserved.
 
 Platform-filtered multi-arch images: the bundle keeps the original index (its digest is what was pinned) but
 only the children for the bundle's platforms. docker-registry 2.8 refuses an index whose children are missing,
@@ -28,6 +31,7 @@ from ..oci import mediatypes as mt
 from ..oci.auth import CredentialStore
 from ..oci.client import RegistryClient
 from ..oci.sitename import site_name
+from .publish import KIND  # the kinds the embedded registry serves, in publish order
 from .runner import StepContext
 
 
@@ -110,13 +114,13 @@ def run(ctx: StepContext) -> str:
     p = Pusher(ctx)
     try:
         done = []
-        comps = [*(("images", c) for c in ctx.index.components.images),
-                 *(("charts", c) for c in ctx.index.components.charts)]
+        comps = [(kind, c) for kind in KIND for c in getattr(ctx.index.components, kind)]
         for kind, c in comps:
             done.append(p.component(c.ref, kind, c.digest, c.mediaType))
             ctx.log.info("pushed", extra={"kv": {"ref": c.ref, "to": f"{p.host}/{done[-1]}"}})
     finally:
         p.close()
+        ctx.result = {"blobs": dict(p.counts), "references": done}  # kept on failure too: what was pushed
     if not done:
         return "nothing to push"
     n = p.counts
