@@ -144,7 +144,6 @@ class BlobSink:
 
     def __init__(self, extents: list[Extent], hash_extents: bool = False):
         self.extents = extents
-        self.size = sum(e.size for e in extents)
         self.hash_extents = hash_extents
         self.reset()
 

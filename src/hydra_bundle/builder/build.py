@@ -378,8 +378,8 @@ class Builder:
                 index.validate_self()
                 self.rep.stage("write", index.carried_size)
                 signer = (lambda data: sign(key, data)) if key is not None else None
-                written, placed, _, sig = write_parts(out, index, signer, layout, locate, int(created.timestamp()),
-                                                      self.rep.advance, verify, direct, self._fill)
+                written, placed, sig = write_parts(out, index, signer, layout, locate, int(created.timestamp()),
+                                                   self.rep.advance, verify, direct, self._fill)
                 size = sum(p.size for p in written)
             else:
                 index_bytes = index.to_bytes()

@@ -13,6 +13,7 @@ registry pins before it reaches the new bundle.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -59,12 +60,10 @@ class Ledger:
             for p, e in self._current().items():
                 for d, extents in e["blobs"].items():
                     starts = self._where.setdefault(d, {})
-                    try:
-                        # [[blob offset, file offset, length], ...]: several for a blob cut across parts
+                    # [[blob offset, file offset, length], ...]: several for a blob cut across parts
+                    with contextlib.suppress(TypeError, ValueError):  # a damaged record is only a missed copy
                         for bo, fo, n in extents:
                             starts.setdefault(int(bo), (p, int(fo), int(n)))
-                    except (TypeError, ValueError):
-                        continue
         starts = self._where.get(digest, {})
         pieces: list[Piece] = []
         pos = 0

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from ..digest import CHUNK
-from ..errors import DigestMismatch
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -37,7 +36,6 @@ class TarWriter:
         self.mtime = mtime
         self.offset = 0
         self.progress: Callable[[int], None] | None = None
-        self.hasher: hashlib._Hash | None = None  # set: every byte written is hashed (data goes through Python)
 
     @staticmethod
     def header_size(name: str, size: int) -> int:
@@ -50,8 +48,6 @@ class TarWriter:
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
         self.offset += len(data)
 
     def _header(self, name: str, size: int) -> None:
@@ -68,21 +64,6 @@ class TarWriter:
         if self.progress:
             self.progress(len(data))
 
-    def add_file(self, name: str, path: str | os.PathLike[str], size: int, offset: int = 0,
-                 verify: str | None = None) -> int:
-        """Add ``size`` bytes of ``path`` starting at ``offset`` (offset/size allow blob segments). Returns the
-        offset of the member's data in the archive.
-
-        With ``verify`` (a sha256 digest) the bytes are hashed on the way through and a mismatch raises
-        DigestMismatch; otherwise they are copied in the kernel."""
-        h = hashlib.sha256() if verify is not None else None
-        start = self.add_pieces(name, [(path, offset, size)], size, [h] if h is not None else [])
-        if h is not None and verify is not None:
-            got = "sha256:" + h.hexdigest()
-            if got != verify:
-                raise DigestMismatch(str(path), verify, got)
-        return start
-
     def add_pieces(self, name: str, pieces: list[Piece], size: int, hashers: list[hashlib._Hash] | None = None) -> int:
         """Add a member whose ``size`` bytes are the concatenation of ``pieces`` (file, offset, length): a blob
         that lies in the parts of an earlier split bundle. Every hasher in ``hashers`` sees the bytes (the caller
@@ -91,7 +72,7 @@ class TarWriter:
         self._header(name, size)
         self.out.flush()
         start = self.offset
-        through = list(hashers or []) + ([self.hasher] if self.hasher is not None else [])
+        through = list(hashers or [])
         for path, offset, n in pieces:
             with open(path, "rb") as src:
                 if not through:
@@ -104,8 +85,7 @@ class TarWriter:
 
     def reserve(self, name: str, size: int) -> int:
         """Write a member's header and leave its data as a hole to be filled later (``build --direct``).
-        Returns the file offset where the data goes. Needs a seekable output and no ``hasher``."""
-        assert self.hasher is None, "a hashed stream cannot have holes"
+        Returns the file offset where the data goes. Needs a seekable output."""
         self._header(name, size)
         start = self.offset
         self.out.seek(size, os.SEEK_CUR)

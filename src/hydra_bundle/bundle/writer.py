@@ -146,9 +146,9 @@ SIG_PLACEHOLDER = b"0" * 96  # any signature up to a block takes the same room: 
 def write_parts(out: Path, index: BundleIndex, sign: Callable[[bytes], bytes] | None, layout: dict[str, bytes],
                 locate: Locate, mtime: int, progress: Callable[[int], None] | None = None,
                 verify: Callable[[str], bool] | None = None, direct: Collection[str] = (),
-                fill: Fill | None = None) -> tuple[list[WrittenPart], Placed, bytes, bytes | None]:
+                fill: Fill | None = None) -> tuple[list[WrittenPart], Placed, bytes | None]:
     """Write a split bundle straight into its parts (never whole first), then ``SHA256SUMS`` beside them.
-    Returns the parts in order, where each blob's data lies, and the final index bytes and signature.
+    Returns the parts in order, where each blob's data lies, and the signature of the final index.
 
     The index lists every segment's digest, and a segment of a blob downloaded in place is only known once its
     bytes have passed, so every part is first laid out with a same-size placeholder index and signature; blobs
@@ -196,12 +196,13 @@ def write_parts(out: Path, index: BundleIndex, sign: Callable[[bytes], bytes] | 
                 if sg.blob in direct:
                     off = w.reserve(sg.member, sg.size)
                     seg_holes.setdefault(sg.blob, []).append((sg, Extent(fd, off, sg.size)))
-                else:
+                else:  # the segment's digest is taken while copying; the whole blob's only if not verified yet
                     h = hashlib.sha256()
-                    whole = wholes.setdefault(sg.blob, hashlib.sha256())
-                    off = w.add_pieces(sg.member, cut(locate(sg.blob), sg.offset, sg.size), sg.size, [h, whole])
+                    whole_check = verify is not None and verify(sg.blob)
+                    hashers = [h, wholes.setdefault(sg.blob, hashlib.sha256())] if whole_check else [h]
+                    off = w.add_pieces(sg.member, cut(locate(sg.blob), sg.offset, sg.size), sg.size, hashers)
                     sg.digest = "sha256:" + h.hexdigest()
-                    if sg.offset + sg.size == blobs[sg.blob].size:
+                    if whole_check and sg.offset + sg.size == blobs[sg.blob].size:
                         got = "sha256:" + wholes.pop(sg.blob).hexdigest()
                         if got != sg.blob:
                             raise DigestMismatch(str(locate(sg.blob)[0][0]), sg.blob, got)
@@ -243,7 +244,7 @@ def write_parts(out: Path, index: BundleIndex, sign: Callable[[bytes], bytes] | 
     fsync_dir(out.parent)
     written = [WrittenPart(path, size, h) for path, size, h in zip(names, sizes, sums, strict=True)]
     write_sums(out.parent, [(p.path.name, p.sha256) for p in written])
-    return written, placed, index_bytes, sig
+    return written, placed, sig
 
 
 def _hash_and_sync(fd: int) -> str:

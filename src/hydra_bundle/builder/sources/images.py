@@ -29,6 +29,9 @@ class ImageSource:
         self.kept_desc: list[dict[str, Any]] = []  # descriptors of the kept platform manifests
         self.top: Manifest | None = None
 
+    def _wanted(self, plat: str) -> bool:
+        return bool(self.spec.allPlatforms) or any(platform_matches(plat, w) for w in self.platforms)
+
     def _pinned(self, ctx: Context) -> str | None:
         return self.ref.digest or ctx.locked_pin("images", self.spec.ref)
 
@@ -48,8 +51,7 @@ class ImageSource:
             children = []
             for d in top.json().get("manifests", []):
                 plat = platform_of(d.get("platform"))
-                wanted = self.spec.allPlatforms or any(platform_matches(plat, w) for w in self.platforms)
-                if wanted and d.get("mediaType") in mt.MANIFEST_TYPES:
+                if self._wanted(plat) and d.get("mediaType") in mt.MANIFEST_TYPES:
                     children.append((plat, d))
             if not children:
                 avail = sorted({platform_of(d.get("platform")) for d in top.json().get("manifests", [])})
@@ -99,8 +101,7 @@ class ImageSource:
         except ValueError:
             return "unknown/unknown"
         plat = platform_of(c if isinstance(c, dict) else None)
-        wanted = self.spec.allPlatforms or any(platform_matches(plat, w) for w in self.platforms)
-        if plat != "unknown/unknown" and not wanted:
+        if plat != "unknown/unknown" and not self._wanted(plat):
             ctx.log(f"warning: {self.spec.ref} is a single-platform image for {plat}, not {', '.join(self.platforms)}")
         return plat
 
