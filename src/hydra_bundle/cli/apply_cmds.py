@@ -7,20 +7,17 @@ import json
 import shlex
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..agent.config import AgentConfig, load_config
 from ..agent.deploy import NO_SITE_SHORT, PREFIX
 from ..apply.site import SiteConfig
-from ..bundle.index import BundleIndex
 from ..errors import UsageError
-from ..oci.layout import blob_path
 from ..states import Outcome
 from .agent_common import config_option, find_bundle, open_journal
+from .bundle_source import from_file, from_journal
 from .common import emit_json, handle_errors
 
 
@@ -28,64 +25,6 @@ def _site(cfg: AgentConfig, what: str) -> SiteConfig:
     if cfg.site is None:
         raise UsageError(f"{what}: {NO_SITE_SHORT}; site values are needed (see systemd/agent.example.yaml)")
     return cfg.site
-
-
-def _store_reader(cfg: AgentConfig) -> Callable[[str], bytes | None]:
-    """Blobs already in the content store (read-only: a plan never creates state)."""
-    def read(digest: str) -> bytes | None:
-        try:
-            return blob_path(cfg.store_dir, digest).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-    return read
-
-
-def _from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
-    """Verify the signature first, then read the manifest blobs straight from the bundle (each digest checked)
-    unless the store already has them."""
-    from ..bundle.reader import open_bundle
-
-    stored = _store_reader(cfg)
-    blobs: dict[str, bytes] = {}
-    with open_bundle(path, cfg.public_keys()) as ob:
-        idx = ob.index
-        need = {m.file.digest for m in idx.components.manifests}
-        for d in list(need):
-            data = stored(d)
-            if data is not None:
-                blobs[d] = data
-                need.discard(d)
-        for m in ob.members() if need else ():
-            if m.digest in need:
-                buf = bytearray()
-                m.read_into(buf.extend)
-                blobs[m.digest] = bytes(buf)
-                need.discard(m.digest)
-                if not need:
-                    break
-        info: dict[str, Any] = {"digest": ob.digest, "signer": ob.signer, "file": str(path)}
-
-    def read(digest: str) -> bytes:
-        try:
-            return blobs[digest]
-        except KeyError:
-            raise UsageError(f"{digest} is not in the bundle") from None
-    return idx, ob.digest, info, read
-
-
-def _from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
-    _, j = open_journal(cfg)
-    row = find_bundle(j, ref)
-    stored = _store_reader(cfg)
-
-    def read(digest: str) -> bytes:
-        data = stored(digest)
-        if data is None:
-            raise UsageError(f"{digest} is not in the content store ({row.name} {row.version} is not ingested yet: "
-                             f"give the bundle file instead)")
-        return data
-    states = {s.name: s.state for s in j.steps(row.id)}
-    return row.index(), row.id, {"digest": row.id, "signer": row.signer, "state": row.state, "steps": states}, read
 
 
 @click.command("plan")
@@ -107,7 +46,7 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
     cfg = load_config(config_path)
     site = _site(cfg, "agent plan")
     path = Path(bundle)
-    idx, bid, info, read = _from_file(cfg, path) if path.is_file() else _from_journal(cfg, bundle)
+    idx, bid, info, read = from_file(cfg, path) if path.is_file() else from_journal(cfg, bundle)
     ap = build_plan(idx, site, read, digest=bid)
     if not offline:
         rt = Runtime(site, ap.bundle)
