@@ -258,7 +258,8 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         steps = {s["name"]: s for s in b["steps"]}
         assert {n: s["state"] for n, s in steps.items()} == {
             "ingest": "done", "publish": "done", "preflight": "done", "apply:manifests-crds": "done",
-            "apply:tls": "done", "apply:manifests-gateway": "done", "apply:simulate-gpu": "done", "apply:chart-demo": "pending",
+            "apply:tls": "done", "apply:manifests-gateway": "done", "apply:simulate-gpu": "done",
+            "apply:chart-demo": "pending",
             "apply:sql": "done", "apply:warmup-tiny": "done", "apply:wait-for": "done", "apply:prune": "done"}
         chart = steps["apply:chart-demo"]
         command = chart["result"]["command"]
