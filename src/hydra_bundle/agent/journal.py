@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bundle.index import BundleIndex
-from ..states import FINISHED, BundleState, StepState
+from ..states import FINISHED, LIFECYCLE_ENDED, BundleState, StepState
 from .db import Database
 from .fallback import FALLBACK_NAME, Fallback, failure_entry
 
@@ -244,9 +244,10 @@ class Journal:
         me = self.bundle(bundle_id)
         if me is None or me.name is None:
             return None
-        rows = self.db.query("SELECT * FROM bundles WHERE name=? AND id<>? AND verified=1 AND state<>? AND "
-                             "received_at>? ORDER BY received_at DESC LIMIT 1",
-                             (me.name, bundle_id, BundleState.QUARANTINED, me.received_at or 0))
+        gone = (BundleState.QUARANTINED, *LIFECYCLE_ENDED)  # refused, removed, or rolled back from
+        rows = self.db.query("SELECT * FROM bundles WHERE name=? AND id<>? AND verified=1 AND state NOT IN "
+                             f"({','.join('?' * len(gone))}) AND received_at>? ORDER BY received_at DESC LIMIT 1",
+                             (me.name, bundle_id, *gone, me.received_at or 0))
         return _bundle(rows[0]) if rows else None
 
     def max_sequence(self, name: str, exclude: str) -> int | None:

@@ -115,6 +115,23 @@ class Published:
             if before_commit is not None:
                 before_commit()
 
+    def unpublish(self, bundle_ids: list[str], keep_blobs: set[str],
+                  before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
+        """Stop serving what ``bundle_ids`` published, in one transaction: their tags and model/file paths, and
+        the blobs no other served bundle needs (``keep_blobs``). ``before_commit`` as in :meth:`publish`.
+        Returns (references, paths, blobs) removed; the content store keeps the files (``agent gc`` frees them)."""
+        marks = ",".join("?" * len(bundle_ids))
+        with self.db.tx() as c:
+            refs = c.execute(f"DELETE FROM refs WHERE bundle_id IN ({marks})", bundle_ids).rowcount
+            paths = c.execute(f"DELETE FROM paths WHERE bundle_id IN ({marks})", bundle_ids).rowcount
+            still = {r[0] for r in c.execute("SELECT digest FROM refs UNION SELECT digest FROM paths")} | keep_blobs
+            mine = [r[0] for r in c.execute("SELECT digest FROM blobs")]
+            gone = [d for d in mine if d not in still]
+            c.executemany("DELETE FROM blobs WHERE digest=?", [(d,) for d in gone])
+            if before_commit is not None:
+                before_commit()
+        return refs, paths, len(gone)
+
     def layout_manifests(self) -> list[dict[str, Any]]:
         """Descriptors for the store's index.json: one per published reference, annotated with its ref name."""
         rows = self.db.query("SELECT r.ref, r.digest, r.media_type, r.kind, b.size FROM refs r "
