@@ -132,3 +132,38 @@ def test_push_with_credentials_prefix_and_retry(tmp_path: Path, agent_keys: Keys
         got = inspect(f"docker://{auth_registry.host}/mirror/{agent_site.site_host}/agent/app:2.0", "--creds",
                       f"{user}:{pw}")
         assert got["Digest"] == agent_site.app2.digest
+
+
+def test_push_carries_manifests(tmp_path: Path, agent_keys: Keys, agent_site: Site,
+                                fresh_registry: Registry) -> None:
+    """A bundle of manifests only: the manifests artifact lands in the site registry under the name and digest the
+    embedded registry serves, and its layer is the manifest file byte for byte."""
+    from tests.support.agent import build_bundle
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cm = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: pushed}\ndata: {a: b}\n"
+    (src / "cm.yaml").write_bytes(cm)
+    spec = {"apiVersion": "hydra-bundle/v1", "kind": "BundleSpec",
+            "metadata": {"name": "cfg", "version": "1.0.0", "sequence": 1},
+            "manifests": [{"name": "cm", "path": "cm.yaml"}]}
+    res = build_bundle(src, spec, agent_keys.release_key, tmp_path / "cfg.tar", {agent_site.registry.host})
+    comp = res.index.components.manifests[0]
+    target = fresh_registry.host
+    with AgentProc(tmp_path / "a", [agent_keys.release_pub], push={"registry": target, "insecure": True}) as agent:
+        agent.start()
+        agent.drop_file(tmp_path / "cfg.tar")
+        b = agent.wait_state("cfg", "1.0.0", "complete")
+        push = next(s for s in b["steps"] if s["name"] == "push")
+        assert push["state"] == "done" and "1 reference" in push["detail"], push
+        repo, tag = comp.ref.rsplit(":", 1)
+        assert repo == f"hydra-bundle/manifests/{comp.name}", comp.ref
+        r = get_manifest(target, repo, tag)
+        served = httpx.get(f"http://{agent.registry}/v2/{repo}/manifests/{tag}",
+                           headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert served.status_code == 200, served.text
+        assert r.status_code == 200 and r.headers["docker-content-digest"] == comp.digest, r.text
+        assert r.content == served.content
+        layers = json.loads(r.content)["layers"]
+        blobs = [httpx.get(f"http://{target}/v2/{repo}/blobs/{la['digest']}").content for la in layers]
+        assert cm in blobs

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from hydra_bundle.cli.main import COMMANDS, load_command
+from tests.support.bundles import keypair, run_cli, write_spec
 
 
 def _imported(*args: str) -> set[str]:
@@ -35,5 +37,25 @@ def test_help_imports_no_command() -> None:
 def test_verify_and_inspect_import_neither_builder_nor_agent(cmd: str) -> None:
     mods = _imported(cmd, "--help")
     heavy = {m for m in mods if m.startswith(("hydra_bundle.builder", "hydra_bundle.agent", "hydra_bundle.apply",
-                                              "kubernetes", "helm_python", "httpx"))}
+                                              "kubernetes", "helm_python", "httpx", "pydantic", "cryptography",
+                                              "rich"))}
     assert heavy == set(), heavy
+
+
+def test_verify_and_inspect_load_only_the_reader(tmp_path: Path) -> None:
+    """A real verify and inspect (output not a terminal) import the reader, not rich, the split writer or the
+    builder: rich alone is ~60 ms."""
+    key, pub = keypair(tmp_path)
+    (tmp_path / "f.bin").write_bytes(b"x" * 1000)
+    spec = write_spec(tmp_path / "spec.yaml", files=[{"name": "f", "path": "f.bin"}])
+    out = tmp_path / "b.tar"
+    assert run_cli(["build", "--no-agent-kit", spec, "-o", out, "--key", key, "-q",
+                    "--cache-dir", tmp_path / "c"]).exit_code == 0
+    for args in (["verify", str(out), "--pub", str(pub)], ["inspect", str(out)]):
+        mods = _imported(*args)
+        assert "hydra_bundle.bundle.reader" in mods
+        unwanted = {m for m in mods if m.startswith(("rich", "hydra_bundle.bundle.tarwriter", "hydra_bundle.builder",
+                                                     "hydra_bundle.agent", "concurrent.futures"))}
+        if args[0] == "inspect":
+            unwanted.discard("hydra_bundle.bundle.tarwriter")  # describe() of a split set lives beside the writer
+        assert unwanted == set(), (args[0], unwanted)

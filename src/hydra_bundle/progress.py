@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class Reporter(Protocol):
@@ -42,10 +34,28 @@ class QuietReporter:
         pass
 
 
+class PlainReporter(QuietReporter):
+    """Not a terminal (CI logs, pipes): every message as a plain line on stderr, no bars and no rich import."""
+
+    def log(self, msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+
 class RichReporter:
     """One bar per stage; the byte total is dedup-aware (each blob counted once) and only ever goes up."""
 
     def __init__(self) -> None:
+        # rich costs ~60 ms of imports: only commands that show progress pay it (verify/inspect answer fast)
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description:<12}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),

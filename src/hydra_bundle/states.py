@@ -49,3 +49,12 @@ class Outcome(StrEnum):
     UNSETTLED = "unsettled"      # the file changed (or vanished) while it was read: tried again once it settles
     DUPLICATE = "duplicate"      # already handled: nothing to do
     UNKNOWN = "unknown"          # no such bundle
+
+
+class CheckStatus(StrEnum):
+    """One preflight check (``agent preflight``, the ``preflight`` step's result)."""
+
+    PASS = "pass"
+    WARN = "warn"                # works, but an operator should look (little headroom, unknown facts)
+    FAIL = "fail"                # the apply would fail or hang: blocks the apply steps
+    SKIP = "skip"                # not applicable here, or cannot be checked (the reason says which)

@@ -165,6 +165,7 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.srv.header_timeout)  # each read and write of the connection
 
     def handle_one_request(self) -> None:
+        self.status = 0
         self.srv.awaiting_request(self.connection)   # until the headers are in (the reaper's deadline)
         super().handle_one_request()
 
@@ -277,10 +278,25 @@ class StoreHandler(Handler):
         return s
 
     def do_GET(self) -> None:
-        self._route()
+        self._answer()
 
     def do_HEAD(self) -> None:
-        self._route()
+        self._answer()
+
+    def _answer(self) -> None:
+        """Route the request; a bug or a failing store/journal read answers 500 (and is logged with what failed)
+        instead of closing the connection without a word, which clients report as a protocol error."""
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception as e:
+            log.error("request failed", extra={"kv": {"server": self.srv.name, "path": self.path[:200],
+                                                      "error": repr(e)}})
+            self.close_connection = True
+            if self.status == 0:  # nothing sent yet: the client gets an answer
+                with contextlib.suppress(OSError):
+                    self.reply(500, b"internal error (see the agent log)\n")
 
     def _route(self) -> None:
         raise NotImplementedError

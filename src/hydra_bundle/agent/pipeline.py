@@ -6,6 +6,7 @@ The steps of every bundle, in order (:func:`step_defs`)::
     upgrade   (agent.upgrade)   a newer agent kit in the bundle: install it beside this agent and restart into it
     publish   (agent.publish)   make refs, blobs and model/file paths visible to the servers
     push      (agent.push)      only with ``push:`` configured: copy every served artifact to the site registry
+    preflight (agent.preflight) with apply steps: check what the bundle needs of the site; a fail blocks them
     apply:*   (agent.deploy)    one step per ``deploy`` step of the spec (``apply:<name>``), then ``apply:prune``
 
 Order of checks, before anything is written to the store: signature against ``trusted_keys`` (and the
@@ -39,7 +40,7 @@ from ..digest import sha256_bytes
 from ..disk import disk_full
 from ..errors import Cancelled, VerifyError
 from ..states import FINISHED, BundleState, Outcome
-from . import deploy, ingest, publish, push, upgrade
+from . import deploy, ingest, preflight, publish, push, upgrade
 from .config import AgentConfig
 from .db import Database
 from .journal import Journal
@@ -80,7 +81,9 @@ def step_defs(index: BundleIndex, config: AgentConfig) -> list[StepDef]:
     out.append(StepDef("publish", publish.run))
     if config.push is not None:
         out.append(StepDef("push", push.run))
-    out += deploy.journal_steps(index, config)
+    applies = deploy.journal_steps(index, config)
+    out += preflight.journal_steps(applies)  # before any apply step: a failed check keeps them waiting
+    out += applies
     names = [d.name for d in out]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
@@ -172,7 +175,8 @@ class Pipeline:
                               "the bundle is not ingested and published yet; drop the bundle file (or `agent "
                               "ingest FILE`) first")
             idx = row.index()
-            names = [d.name for d in step_defs(idx, self.config) if d.name.startswith(deploy.PREFIX)]
+            names = [d.name for d in step_defs(idx, self.config)
+                     if d.name.startswith(deploy.PREFIX) or d.name == preflight.STEP]  # checked again first
             try:
                 self.journal.reset_steps(bundle_id, names if everything else
                                          [n for n in names if steps.get(n) not in FINISHED])

@@ -147,6 +147,8 @@ class SiteConfig(_Strict):
     in_cluster: bool = Field(False, description="use the pod's service account instead of a kubeconfig")
     mysql: MySQLSite | None = None
     storage_class: str = Field("nfs-csi", description="NFS storage class for model Datasets")
+    nfs_mount: Path | None = Field(None, description="a local mount of the NFS export the models land on: "
+                                                     "preflight checks its free space against the models' size")
     tls: TLSSite | None = Field(None, description="gateway certificate files; default: issued by the site CA")
     helm: Path | None = Field(None, description="ignored: charts install in-process; kept so older configs still "
                                                 "load after a self-upgrade")

@@ -22,7 +22,7 @@ MAX_INDEX_BYTES = 16 << 20  # an index larger than this is refused before it is 
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, defer_build=True)
 
 
 class Blob(_Model):

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..digest import CHUNK
 from ..errors import VerifyError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 BLOCK = 512
 PIPE_CHUNK = 4 << 20    # pipelined reads: large enough that the per-chunk thread hand-off costs < 1 %
@@ -314,6 +316,8 @@ def _pipelined(fd: int, e: Entry, h: hashlib._Hash, sink: Callable[[memoryview],
                progress: Callable[[int], None] | None) -> None:
     bufs = [memoryview(bytearray(PIPE_CHUNK)), memoryview(bytearray(PIPE_CHUNK))]
     pos, remaining, i = e.offset, e.size, 0
+    from concurrent.futures import ThreadPoolExecutor  # only the hashing path needs a thread
+
     with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
         pending: Future[None] | None = None
         try:

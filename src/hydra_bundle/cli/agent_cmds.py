@@ -169,8 +169,9 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
 
 def _register() -> None:
     from .apply_cmds import apply_cmd, ca_cmd, mirror_config_cmd, plan_cmd
+    from .preflight_cmd import preflight_cmd
 
-    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd):
+    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd, preflight_cmd):
         agent_group.add_command(cmd)
 
 

@@ -115,8 +115,17 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
             ap.preview(rt)
         finally:
             rt.close()
+    pre = None
+    if ap.steps:  # the agent's preflight step runs before them (cli/preflight_cmd.py)
+        from .preflight_cmd import plan_entry
+
+        pre = plan_entry(cfg, idx, ap, offline)
+        if "steps" in info:
+            pre["journalState"] = info["steps"].get(pre["journalStep"])
     if as_json:
         doc = ap.json()
+        if pre is not None:
+            doc["preflight"] = pre
         doc["bundle"].update(sequence=idx.sequence, **{k: v for k, v in info.items() if k != "steps"})
         for st in doc["steps"]:
             st["journalStep"] = PREFIX + st["name"]
@@ -126,6 +135,10 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
         return
     click.echo(f"bundle {idx.name} {idx.version} (sequence {idx.sequence}) {bid}, signed by {info['signer']}"
                + (f"; on this site: {info['state']}" if info.get("state") else ""))
+    if pre is not None:
+        from .preflight_cmd import plan_text
+
+        click.echo(plan_text(pre))
     click.echo(ap.text())
     if ap.steps:
         click.echo(f"(the agent journals these as {PREFIX}<step>; nothing was done)")

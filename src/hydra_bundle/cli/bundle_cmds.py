@@ -1,4 +1,7 @@
-"""keygen, build, lock, verify, inspect."""
+"""keygen, build, lock, verify, inspect.
+
+The bundle modules are imported inside each command: ``verify --help`` imports neither pydantic nor
+cryptography, and ``verify`` does not import the split-bundle writer (tests/test_cli_startup.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,6 @@ from pathlib import Path
 
 import click
 
-from ..bundle.parts import describe, parse_split
-from ..bundle.reader import open_bundle, verify_bundle
-from ..bundle.sign import keygen, load_public_key
 from ..disk import human_bytes
 from ..errors import UsageError, VerifyError
 from .common import emit_json, handle_errors, reporter
@@ -23,6 +23,8 @@ def keygen_cmd(prefix: Path) -> None:
     """Create an ECDSA P-256 key pair: PREFIX.key (PEM PKCS#8) and PREFIX.pub.
 
     The private key is encrypted when HYDRA_BUNDLE_KEY_PASSWORD is set."""
+    from ..bundle.sign import keygen
+
     key, pub = keygen(prefix)
     click.echo(f"wrote {key} and {pub}")
 
@@ -63,6 +65,7 @@ def build_cmd(spec: Path, out: Path, key_path: Path | None, unsigned: bool, lock
     """Build a signed bundle from SPEC (default bundle-spec.yaml)."""
     from ..builder.build import Builder
     from ..builder.kit import KitOptions
+    from ..bundle.parts import parse_split
     from ..spec import load_spec
     from ..spec.buildvars import parse_sets
 
@@ -140,6 +143,9 @@ def verify_cmd(bundles: tuple[Path, ...], pubs: tuple[Path, ...], quiet: bool, a
 
     A part of a split bundle verifies alone; given several parts, also reports which parts of the set are
     missing."""
+    from ..bundle.reader import verify_bundle
+    from ..bundle.sign import load_public_key
+
     keys = [load_public_key(p) for p in pubs]
     rep = reporter(quiet, as_json)
     results: list[dict[str, object]] = []
@@ -190,6 +196,9 @@ def verify_cmd(bundles: tuple[Path, ...], pubs: tuple[Path, ...], quiet: bool, a
 @handle_errors
 def inspect_cmd(bundle: Path, as_json: bool) -> None:
     """Show what a bundle holds (reads only the index; does NOT verify — use `verify`)."""
+    from ..bundle.parts import describe
+    from ..bundle.reader import open_bundle
+
     with open_bundle(bundle, None, require_signature=False) as ob:
         idx = ob.index
         signed = ob.signature is not None

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import HydraError, SpecError
-from ..progress import QuietReporter, Reporter, RichReporter
+from ..progress import PlainReporter, QuietReporter, Reporter, RichReporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +38,9 @@ def handle_errors(fn: F) -> F:
 
 
 def reporter(quiet: bool, as_json: bool) -> Reporter:
-    return QuietReporter() if quiet or as_json else RichReporter()
+    if quiet or as_json:
+        return QuietReporter()
+    return RichReporter() if sys.stderr.isatty() else PlainReporter()
 
 
 def emit_json(obj: Any) -> None:

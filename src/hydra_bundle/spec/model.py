@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..oci.reference import Reference
 from ..oci.sitename import site_name
 from .deploy import DeploySpec
+from .requirements import Requirements
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
@@ -271,6 +272,7 @@ class BundleSpec(_Strict):
     models: list[ModelSpec] = []
     deploy: DeploySpec | None = None  # the agent's apply steps, in order (spec/deploy.py)
     vars: dict[str, BuildVar] = {}
+    requirements: Requirements | None = None  # what the site must offer; the agent's preflight checks it
 
     _path: Path | None = PrivateAttr(None)
     _raw: bytes = PrivateAttr(b"")
@@ -307,6 +309,8 @@ class BundleSpec(_Strict):
         if self.deploy is not None:
             out += self.deploy.cross_checks({m.name for m in self.manifests}, {c.name for c in self.charts},
                                             {m.name for m in self.models})
+        if self.requirements is not None:
+            out += self.requirements.cross_checks({m.name for m in self.models})
         return out
 
     @property
