@@ -160,7 +160,7 @@ class Journal:
         now = time.time()
         with self.db.tx() as c:
             prev = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
-            if prev is not None and prev["state"] == BundleState.QUARANTINED:  # a good copy of one refused before
+            if prev is not None and prev["state"] in (BundleState.QUARANTINED, BundleState.REMOVED):  # start over
                 c.execute("DELETE FROM steps WHERE bundle_id=?", (bundle_id,))
             c.execute(
                 """INSERT INTO bundles(id, name, version, sequence, state, verified, source, signer, size, created,
@@ -365,3 +365,13 @@ class Journal:
         entry = failure_entry(step, reason, detail, step_detail)
         self.unrecorded[bundle_id] = entry
         return self.fallback.write(bundle_id, entry)
+
+
+REMOVE_PREFIX = "remove:"   # the steps of `agent remove` (agent/remove.py)
+
+
+def removing(j: Journal, bundle_id: str) -> bool:
+    """Has ``agent remove`` started on this bundle and not finished (its steps must not be replanned away)?"""
+    rows = j.db.query(f"SELECT 1 FROM steps WHERE bundle_id=? AND name LIKE ? AND state NOT IN "
+                      f"({','.join('?' * len(FINISHED))}) LIMIT 1", (bundle_id, REMOVE_PREFIX + "%", *FINISHED))
+    return bool(rows)

@@ -10,8 +10,6 @@ new). It is consumed once the bundle's ``publish`` step is done; every grant and
 
 from __future__ import annotations
 
-import getpass
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -35,17 +33,6 @@ def add_permits(c: sqlite3.Connection) -> None:
         c.execute(statement)
 
 
-def operator() -> str:
-    """Who runs this command: the user behind sudo if any, else the login name."""
-    for var in ("SUDO_USER", "USER", "LOGNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
-
-
 @dataclass
 class Permit:
     id: int
@@ -63,6 +50,10 @@ class Permit:
         return {"bundle": self.bundle_id, "name": self.name, "from": self.from_version, "to": self.to_version,
                 "fromSequence": self.from_sequence, "toSequence": self.to_sequence, "grantedBy": self.granted_by,
                 "grantedAt": iso(self.granted_at), "consumedAt": iso(self.consumed_at)}
+
+
+def _permit(r: sqlite3.Row) -> Permit:
+    return Permit(**{k: r[k] for k in r.keys()})  # noqa: SIM118 - sqlite3.Row
 
 
 def grant(j: Journal, bundle_id: str, name: str, from_version: str | None, to_version: str | None,
@@ -93,7 +84,7 @@ def open_permit(j: Journal, bundle_id: str, name: str) -> Permit | None:
                       (bundle_id,))
     if not rows:
         return None
-    p = Permit(**{k: rows[0][k] for k in rows[0].keys()})  # noqa: SIM118 - sqlite3.Row
+    p = _permit(rows[0])
     return p if p.granted_at > _latest_publish(j, name, bundle_id) else None
 
 
@@ -117,4 +108,4 @@ def consume_if_published(j: Journal, bundle_id: str) -> Permit | None:
 
 def latest(j: Journal, bundle_id: str) -> Permit | None:
     rows = j.db.query("SELECT * FROM permits WHERE bundle_id=? ORDER BY id DESC LIMIT 1", (bundle_id,))
-    return Permit(**{k: rows[0][k] for k in rows[0].keys()}) if rows else None  # noqa: SIM118 - sqlite3.Row
+    return _permit(rows[0]) if rows else None

@@ -115,22 +115,34 @@ class Published:
             if before_commit is not None:
                 before_commit()
 
-    def unpublish(self, bundle_ids: list[str], keep_blobs: set[str],
+    def unpublish(self, bundle_ids: list[str], blobs: set[str],
                   before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
         """Stop serving what ``bundle_ids`` published, in one transaction: their tags and model/file paths, and
-        the blobs no other served bundle needs (``keep_blobs``). ``before_commit`` as in :meth:`publish`.
-        Returns (references, paths, blobs) removed; the content store keeps the files (``agent gc`` frees them)."""
+        ``blobs`` (the caller leaves out those other served bundles still need). ``before_commit`` as in
+        :meth:`publish`. Returns (references, paths, blobs) removed; the content store keeps the files."""
         marks = ",".join("?" * len(bundle_ids))
         with self.db.tx() as c:
             refs = c.execute(f"DELETE FROM refs WHERE bundle_id IN ({marks})", bundle_ids).rowcount
             paths = c.execute(f"DELETE FROM paths WHERE bundle_id IN ({marks})", bundle_ids).rowcount
-            still = {r[0] for r in c.execute("SELECT digest FROM refs UNION SELECT digest FROM paths")} | keep_blobs
-            mine = [r[0] for r in c.execute("SELECT digest FROM blobs")]
-            gone = [d for d in mine if d not in still]
-            c.executemany("DELETE FROM blobs WHERE digest=?", [(d,) for d in gone])
+            gone = sum(c.execute("DELETE FROM blobs WHERE digest=?", (d,)).rowcount for d in sorted(blobs))
             if before_commit is not None:
                 before_commit()
-        return refs, paths, len(gone)
+        return refs, paths, gone
+
+    def serving(self) -> set[str]:
+        """Ids of the bundles whose tags or model/file paths are served now."""
+        return {r["bundle_id"] for r in self.db.query("SELECT bundle_id FROM refs UNION SELECT bundle_id FROM paths")}
+
+    def served_by(self, bundle_ids: list[str]) -> tuple[list[str], list[str]]:
+        """What ``bundle_ids`` serve now: ``repo:tag`` references (digest-only ones as ``repo@sha256:…``) and
+        ``/area/name/`` model and file paths."""
+        marks = ",".join("?" * len(bundle_ids))
+        refs = [f"{r['repo']}{'' if r['tag'].startswith('@') else ':'}{r['tag']}" for r in self.db.query(
+            f"SELECT repo, tag FROM refs WHERE bundle_id IN ({marks}) ORDER BY repo, tag", tuple(bundle_ids))]
+        paths = [f"/{r['area']}/{r['name']}/" for r in self.db.query(
+            f"SELECT DISTINCT area, name FROM paths WHERE bundle_id IN ({marks}) ORDER BY area, name",
+            tuple(bundle_ids))]
+        return refs, paths
 
     def layout_manifests(self) -> list[dict[str, Any]]:
         """Descriptors for the store's index.json: one per published reference, annotated with its ref name."""

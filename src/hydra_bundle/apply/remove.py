@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ApplyError
-from ..k8s.objects import CRD_KIND, RELEASE_LABEL, ObjKey, bundle_selector, is_ours, key_of, kind_rank
+from ..k8s.objects import CRD_KIND, RELEASE_LABEL, bundle_selector, is_ours, key_of, kind_rank
 from ..retry import Deadline, poll_delays
 from ..states import StepState
 from .helm import unavailable as helm_unavailable
@@ -43,11 +43,15 @@ def group_of(o: dict[str, Any]) -> str:
     return {NAMESPACE: "namespaces", CRD: "crds", NODE: "nodes"}.get((k.group, k.kind), "objects")
 
 
+def of_group(kube: Kube, bundle_name: str, group: str, deadline: Deadline) -> list[dict[str, Any]]:
+    return [o for o in labelled(kube, bundle_name, deadline) if group_of(o) == group]
+
+
 def delete_objects(kube: Kube, bundle_name: str, group: str, deadline: Deadline, emit: Emit,
                    poll_interval: float = 1.0, sleep: Callable[[float], None] | None = None) -> StepResult:
     """Delete the bundle's objects of ``group`` in reverse apply order and wait until they are gone (finalizers:
     a Dataset's controller, a PVC in use). Namespaces are not waited for: the namespace controller empties them."""
-    objs = [o for o in labelled(kube, bundle_name, deadline) if group_of(o) == group]
+    objs = of_group(kube, bundle_name, group, deadline)
     notes = []
     if group == "namespaces":
         keep = [o for o in objs if key_of(o).name in PROTECTED_NAMESPACES]
@@ -70,6 +74,10 @@ def delete_objects(kube: Kube, bundle_name: str, group: str, deadline: Deadline,
                       notes)
 
 
+def _finalizers(o: dict[str, Any]) -> str:
+    return ", ".join((o.get("metadata") or {}).get("finalizers") or []) or "none"
+
+
 def _wait_gone(kube: Kube, objs: list[dict[str, Any]], deadline: Deadline, emit: Emit, poll_interval: float,
                sleep: Callable[[float], None] | None) -> None:
     left = list(objs)
@@ -86,8 +94,7 @@ def _wait_gone(kube: Kube, objs: list[dict[str, Any]], deadline: Deadline, emit:
             return
         emit(f"waiting for {len(left)} object(s) to go: {key_of(left[0])}")
         if deadline.expired:
-            fin = ", ".join(f"{key_of(o)} (finalizers: {', '.join((o.get('metadata') or {}).get('finalizers') or [])
-                                                          or 'none'})" for o in left[:5])
+            fin = ", ".join(f"{key_of(o)} (finalizers: {_finalizers(o)})" for o in left[:5])
             raise ApplyError(f"{len(left)} object(s) still there after the step's timeout: {fin}; is their "
                              f"controller running? Run `agent remove` again once they are gone")
         (sleep or kube.sleep)(min(next(delays), max(deadline.left, 0.01)))
@@ -104,18 +111,23 @@ def releases_to_remove(rt: Runtime, bundle_name: str, planned: set[tuple[str, st
     return [(ns, rel, chart) for (ns, rel), chart in sorted(found.items())]
 
 
+def releases_without_library(kube: Kube, bundle_name: str, planned: set[tuple[str, str]], deadline: Deadline
+                             ) -> list[tuple[str, str]]:
+    """(namespace, release) of the bundle's releases whose records (Helm's Secrets) exist, read without Helm."""
+    left = [(ns, rel) for ns, rel in sorted(planned)
+            if kube.list_raw(f"/api/v1/namespaces/{ns}/secrets", f"owner=helm,name={rel}", deadline)]
+    left += [(o["metadata"].get("namespace", ""), o["metadata"]["labels"].get("name", ""))
+             for o in kube.list_raw("/api/v1/secrets", f"owner=helm,{RELEASE_LABEL}={bundle_name}", deadline)]
+    return sorted(set(left))
+
+
 def uninstall_releases(rt: Runtime, bundle_name: str, planned: set[tuple[str, str]], deadline: Deadline,
                        emit: Emit) -> StepResult:
     """Uninstall the bundle's Helm releases; without the library: pending with the ``helm uninstall`` commands
     for those Helm's release records still show (done once they are gone)."""
     reason = helm_unavailable()
     if reason:
-        kube = rt.kube()
-        left = [(ns, rel) for ns, rel in sorted(planned)
-                if kube.list_raw(f"/api/v1/namespaces/{ns}/secrets", f"owner=helm,name={rel}", deadline)]
-        left += [(o["metadata"].get("namespace", ""), o["metadata"]["labels"].get("name", ""))
-                 for o in kube.list_raw("/api/v1/secrets", f"owner=helm,{RELEASE_LABEL}={bundle_name}", deadline)]
-        left = sorted(set(left))
+        left = releases_without_library(rt.kube(), bundle_name, planned, deadline)
         if not left:
             return StepResult(StepState.DONE, "no Helm release of the bundle is installed")
         cmds = [["helm", "uninstall", rel, "--namespace", ns] for ns, rel in left]
@@ -146,22 +158,12 @@ def labelled_nodes(kube: Kube, labels: dict[str, str], nodes: list[str] | None, 
 def unlabel_nodes(kube: Kube, label_sets: list[tuple[dict[str, str], list[str] | None]], deadline: Deadline,
                   emit: Emit) -> StepResult:
     """Remove the labels the bundle's ``label_nodes`` steps set (where a node still has exactly that value)."""
-    res = kube.resource("v1", "Node", deadline)
     changes = []
     for labels, nodes in label_sets:
         for node, key in labelled_nodes(kube, labels, nodes, deadline):
             emit(f"unlabel node {node} {key}")
-            kube.call(f"unlabel Node {node}", lambda n=node, k=key: kube.dyn.patch(
-                res, name=n, body={"metadata": {"labels": {k: None}}},
-                content_type="application/merge-patch+json"), deadline)
+            kube.merge_patch_labels("v1", "Node", node, {key: None}, deadline)
             changes.append(f"removed label {key} from node {node}")
     return StepResult(StepState.DONE, f"{len(changes)} node label(s) removed" if changes
                       else "no node carries the bundle's labels", changes)
 
-
-def describe(objs: list[dict[str, Any]]) -> list[str]:
-    return [str(key_of(o)) for o in objs]
-
-
-def keys(objs: list[dict[str, Any]]) -> list[ObjKey]:
-    return [key_of(o) for o in objs]
