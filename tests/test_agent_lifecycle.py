@@ -23,7 +23,8 @@ from tests.support.agent import AgentProc, build_bundle
 from tests.support.agent_fixtures import Keys, Site
 from tests.support.kube import KubeAPIServer
 
-agent_keys, agent_site = agent_fixtures.agent_keys, agent_fixtures.agent_site  # fixtures
+agent_keys, agent_site, agent_bundles = (agent_fixtures.agent_keys, agent_fixtures.agent_site,
+                                       agent_fixtures.agent_bundles)  # fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -264,3 +265,58 @@ def test_install_upgrade_rollback_remove_purge(
         assert kube.get("v1", "Namespace", "default") is not None
     finally:
         kube.close()
+
+
+OCI_ACCEPT = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+
+
+def test_the_running_agent_stops_serving_what_rollback_and_remove_take_away(
+        tmp_path: Path, agent_keys: Keys, agent_site: Site, agent_bundles: dict[str, Any]) -> None:
+    """No site (no deploy steps): rollback and remove are about what the registry and file server serve. The
+    daemon runs meanwhile (the commands share the site with it); a removed bundle dropped again installs again."""
+    import httpx
+
+    agent = AgentProc(tmp_path / "agent", [agent_keys.release_pub])
+    agent.env = {"SUDO_USER": "", "USER": "tester"}
+    app = agent_site.served("agent/app")
+
+    def served(tag: str) -> int:
+        return httpx.get(f"http://{agent.registry}/v2/{app}/manifests/{tag}", headers={"Accept": OCI_ACCEPT},
+                         timeout=10).status_code
+
+    def file(path: str) -> int:
+        return httpx.get(f"{agent.files_url}/{path}", timeout=10).status_code
+
+    with agent.start():
+        agent.drop_file(agent_bundles["demo1"].path)
+        agent.wait_state("demo", "1.0.0", "complete")
+        agent.drop_file(agent_bundles["demo2"].path)
+        agent.wait_state("demo", "2.0.0", "complete")
+        assert (served("1.0"), served("2.0"), file("files/tool/tool.bin")) == (200, 200, 200)
+
+        res = agent.cli("rollback", "demo", "--to", "1.0.0", check=False)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.startswith("rollback demo: 2.0.0 (sequence 2) → 1.0.0 (sequence 1); a one-time "
+                                     "downgrade permit"), res.stdout
+        assert "complete: demo 1.0.0" in res.stdout
+        assert (served("1.0"), served("2.0")) == (200, 404)  # what only 2.0.0 had is no longer served
+        assert file("model/tiny/config.json") == 200
+
+        plan = agent.cli("plan", "--remove", "demo").stdout
+        assert "remove:unpublish" in plan and f"unpublish   {app}:1.0" in plan and "remove:objects" not in plan
+        res = agent.cli("remove", "demo", check=False)
+        assert res.returncode == 0 and res.stdout.startswith("complete: demo removed"), res.stdout + res.stderr
+        assert "remove:unpublish" in res.stdout
+        assert (served("1.0"), served("2.0"), file("files/tool/tool.bin"), file("model/tiny/config.json")) == (
+            404, 404, 404, 404)
+        assert {b["version"]: b["state"] for b in agent.status()} == {"1.0.0": "removed", "2.0.0": "removed"}
+        res = agent.cli("rollback", "demo", "--to", "9.0.0", check=False)
+        assert res.returncode == 2 and "demo 9.0.0 is not retained" in res.stderr
+
+        agent.drop_file(agent_bundles["demo2"].path, "demo2-again.tar")  # installs again after a remove
+        agent.wait_state("demo", "2.0.0", "complete")
+        assert served("2.0") == 200
+        moves = [(c["action"], c["from"], c["to"]) for c in json.loads(agent.cli("history", "--json").stdout)[
+            "changes"]]
+        assert moves == [("install", None, "1.0.0"), ("upgrade", "1.0.0", "2.0.0"), ("rollback", "2.0.0", "1.0.0"),
+                         ("remove", "1.0.0", None), ("install", None, "2.0.0")]
