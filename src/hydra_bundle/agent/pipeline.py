@@ -150,6 +150,8 @@ class Pipeline:
                 return Result(Outcome(row.state), bundle_id)
             if row.state in LIFECYCLE_ENDED or removing(self.journal, bundle_id):  # only `agent remove` goes on
                 return Result(Outcome.WAITING, bundle_id, row.name, row.version, str(row.state),
+                              "rolled back from: `hydra-bundle agent rollback --to` returns to it"
+                              if row.state == BundleState.ROLLED_BACK else
                               "removed or being removed: `hydra-bundle agent remove` finishes it")
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             src = Path(row.source) if row.source else None
