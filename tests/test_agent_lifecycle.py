@@ -186,6 +186,7 @@ def test_install_upgrade_rollback_remove_purge(
         assert _cm(kube, "demo-cm", "lc-charts")["data"] == {"replicas": "1"}
         assert f"{app_repo}:1.0" in _served(agent) and f"{app_repo}:2.0" not in _served(agent)
         assert _states(agent) == {"1.0.0": "complete", "2.0.0": "rolled-back"}
+        assert _json(agent, "plan", NAME, "--offline")["bundle"]["version"] == "1.0.0"  # by name: what runs now
         hist = _json(agent, "history")
         moves = [(c["action"], c["from"], c["to"], c["operator"]) for c in hist["changes"]]
         assert moves == [("install", None, "1.0.0", "installer"), ("upgrade", "1.0.0", "2.0.0", "upgrader"),
