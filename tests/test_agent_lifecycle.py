@@ -321,3 +321,41 @@ def test_the_running_agent_stops_serving_what_rollback_and_remove_take_away(
             "changes"]]
         assert moves == [("install", None, "1.0.0"), ("upgrade", "1.0.0", "2.0.0"), ("rollback", "2.0.0", "1.0.0"),
                          ("remove", "1.0.0", None), ("install", None, "2.0.0")]
+
+
+def test_a_remove_that_cannot_finish_waits_and_resumes_where_it_stopped(
+        tmp_path: Path, own_kube: KubeAPIServer, agent_keys: Keys) -> None:
+    """Without `site:` the cluster steps of a remove wait (the bundle is `removing`, nothing retries it behind the
+    operator's back, `agent apply` refuses it); run again once the site is configured, only what is unfinished
+    runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ns.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: rs, namespace: default}\n")
+    spec = {"apiVersion": "hydra-bundle/v1", "kind": "BundleSpec",
+            "metadata": {"name": "rs", "version": "1.0.0", "sequence": 1}, "platforms": ["linux/amd64"],
+            "manifests": [{"name": "ns", "path": "ns.yaml"}], "deploy": {"steps": [{"manifests": ["ns"]}]}}
+    bundle = tmp_path / "rs.tar"
+    build_bundle(src, spec, agent_keys.release_key, bundle, set(), cache=tmp_path / "cache")
+    agent = AgentProc(tmp_path / "agent", [agent_keys.release_pub])
+    assert _json(agent, "ingest", str(bundle), rc=1)["state"] == "waiting"  # no site: the apply steps wait
+
+    res = _json(agent, "remove", "rs", rc=1)
+    steps = {s["name"]: s for s in res["steps"]}
+    assert res["state"] == "waiting" and steps["remove:objects"]["state"] == "pending"
+    assert steps["remove:objects"]["detail"].startswith("no site: section in the agent config")
+    assert steps["remove:unpublish"]["state"] == "done"  # a pending step does not hold back the others
+    b = agent.bundle("rs", "1.0.0")
+    assert b is not None and b["state"] == "removing"
+    assert {s["name"]: s["state"] for s in b["steps"]}["apply:manifests-ns"] == "skipped"  # never applied now
+    res = agent.cli("apply", "rs", check=False)
+    assert res.returncode == 1 and "removed (or being removed)" in res.stdout, res.stdout
+
+    cfg = yaml.safe_load(agent.config.read_text())
+    cfg["site"] = {"cluster_name": "rs", "domain": "rs.example", "registry": agent.registry,
+                   "file_server": agent.files_url, "kubeconfig": str(own_kube.kubeconfig)}
+    agent.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = _json(agent, "remove", "rs")
+    steps = {s["name"]: s for s in res["steps"]}
+    assert res["state"] == "complete" and steps["remove:objects"]["detail"] == "nothing left to delete"
+    assert steps["remove:objects"]["attempts"] == 2 and steps["remove:unpublish"]["attempts"] == 1
+    assert agent.bundle("rs", "1.0.0")["state"] == "removed"
