@@ -33,17 +33,34 @@ def _site(cfg: AgentConfig, what: str) -> SiteConfig:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (steps with their actions, in order).")
 @click.option("--offline", is_flag=True, help="Do not ask the cluster whether chart releases would be installed or "
                                               "upgraded (and with which values changes).")
+@click.option("--remove", "removal", is_flag=True, help="Preview `agent remove BUNDLE` (a name) instead.")
+@click.option("--purge", is_flag=True, help="With --remove: preview `agent remove --purge`.")
+@click.option("--to", "to_version", default=None, metavar="VERSION",
+              help="Preview `agent rollback BUNDLE --to VERSION`: the rollback and the apply plan of VERSION.")
 @handle_errors
-def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool) -> None:
+def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool, removal: bool, purge: bool,
+             to_version: str | None) -> None:
     """Every action the apply steps would take for BUNDLE on this site, in order; nothing is done.
 
     BUNDLE is a bundle file (its signature is verified first; it need not be ingested) or the name of a bundle
     the agent has admitted. Chart steps say what they would do now (install, or upgrade with the values diff),
-    read from the cluster (nothing is changed there)."""
+    read from the cluster (nothing is changed there). With --remove, what `agent remove` would do; with --to,
+    what `agent rollback` would do."""
     from ..apply.plan import build_plan
     from ..apply.runtime import Runtime
 
     cfg = load_config(config_path)
+    if removal:
+        from .lifecycle_cmds import plan_remove
+
+        plan_remove(cfg, bundle, purge, as_json)
+        return
+    rollback: tuple[str, dict[str, Any], str] | None = None
+    if to_version is not None:
+        from .lifecycle_cmds import rollback_target
+
+        rollback = rollback_target(cfg, bundle, to_version)
+        bundle = rollback[0]
     site = _site(cfg, "agent plan")
     path = Path(bundle)
     idx, bid, info, read = from_file(cfg, path) if path.is_file() else from_journal(cfg, bundle)
@@ -66,12 +83,16 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
         if pre is not None:
             doc["preflight"] = pre
         doc["bundle"].update(sequence=idx.sequence, **{k: v for k, v in info.items() if k != "steps"})
+        if rollback is not None:
+            doc["rollback"] = rollback[1]
         for st in doc["steps"]:
             st["journalStep"] = PREFIX + st["name"]
             if "steps" in info:
                 st["journalState"] = info["steps"].get(PREFIX + st["name"])
         emit_json(doc)
         return
+    if rollback is not None:
+        click.echo(rollback[2])
     click.echo(f"bundle {idx.name} {idx.version} (sequence {idx.sequence}) {bid}, signed by {info['signer']}"
                + (f"; on this site: {info['state']}" if info.get("state") else ""))
     if pre is not None:
