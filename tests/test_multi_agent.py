@@ -212,3 +212,29 @@ def test_healthz_says_503_while_the_store_cannot_serve(pair: Pair) -> None:
     assert httpx.get(urls[0]).status_code == 200
     log = agent.log.read_text()
     assert "not ready for pulls" in log and "ready for pulls again" in log
+
+
+def test_an_agent_with_apply_false_publishes_and_skips_the_deploy_steps(tmp_path: Path, agent_keys: Keys) -> None:
+    """The site's other agents verify, publish and serve; only one runs the deploy steps (apply: false here): the
+    bundle completes instead of waiting for a site it must not touch."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+    spec = {"apiVersion": "hydra-bundle/v1", "kind": "BundleSpec",
+            "metadata": {"name": "served", "version": "1.0.0", "sequence": 1},
+            "manifests": [{"name": "ns", "path": "ns.yaml"}], "deploy": {"steps": [{"manifests": ["ns"]}]}}
+    bundle = tmp_path / "served.tar"
+    build_bundle(tmp_path / "src", spec, agent_keys.release_key, bundle, set())
+    agent = AgentProc(tmp_path / "agent", [agent_keys.release_pub], apply=False,
+                      site={"cluster_name": "c", "domain": "d", "registry": "10.0.0.5:5000",
+                            "file_server": "http://10.0.0.5:81", "kubeconfig": str(tmp_path / "no-such-cluster")})
+    res = agent.cli("ingest", str(bundle), "--json", check=False)
+    assert res.returncode == 0 and json.loads(res.stdout)["state"] == "complete", res.stdout + res.stderr
+    steps = {s["name"]: s for s in agent.bundle("served", "1.0.0")["steps"]}  # type: ignore[index]
+    assert steps["publish"]["state"] == "done"
+    applies = [n for n in steps if n.startswith("apply:") or n == "preflight"]
+    assert "apply:manifests-ns" in applies
+    for n in applies:
+        assert steps[n]["state"] == "skipped" and steps[n]["detail"].startswith("apply: false in the agent config")
+    with agent.start():
+        r = httpx.get(f"{agent.files_url}/healthz")
+        assert r.status_code == 200 and r.json()["published"]["references"] >= 1
