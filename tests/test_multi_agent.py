@@ -10,11 +10,13 @@ import json
 import os
 import re
 import shutil
+import ssl
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
 import yaml
@@ -40,6 +42,7 @@ class Pair:
     image: Image
     ref: str                  # the upstream name the bundle carries
     upstream: str             # its registry host (127.0.0.1:PORT, gone after the build)
+    bundle: Path
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, agent_keys: Keys) -> Iterator
             agent.drop_file(bundle)
         for agent in (a, b):
             agent.wait_state("multi", "1.0.0", "complete")
-        yield Pair(a, b, img, ref, upstream)
+        yield Pair(a, b, img, ref, upstream, bundle)
     finally:
         a.stop()
         b.stop()
@@ -238,3 +241,68 @@ def test_an_agent_with_apply_false_publishes_and_skips_the_deploy_steps(tmp_path
     with agent.start():
         r = httpx.get(f"{agent.files_url}/healthz")
         assert r.status_code == 200 and r.json()["published"]["references"] >= 1
+
+
+def test_two_https_agents_share_one_ca_and_one_password_file(pair: Pair, tmp_path: Path) -> None:
+    """The set-up docs/agent.md gives for several agents over HTTPS with basic auth: the first agent's CA copied to
+    the second before its first start, one htpasswd file; nodes verify both with the one CA mirror-config writes,
+    send one authorization header, and containerd falls back over TLS. The probe needs no credentials."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("puller:" + bcrypt.hashpw(b"pull pw", bcrypt.gensalt(rounds=8)).decode() + "\n")
+    (tmp_path / "pull.pw").write_text("pull pw\n")
+    keys = yaml.safe_load(pair.a.config.read_text())["trusted_keys"]
+    a, b = AgentProc(tmp_path / "a", [Path(k) for k in keys]), AgentProc(tmp_path / "b", [Path(k) for k in keys])
+    for agent in (a, b):
+        cfg = yaml.safe_load(agent.config.read_text())
+        cfg["registry"] = {"listen": f"127.0.0.1:{agent.registry_port}", "htpasswd": str(htpasswd)}  # HTTPS
+        cfg["site"] = {"cluster_name": "c", "domain": "d", "registry": a.registry, "file_server": a.files_url,
+                       "registry_auth": {"username": "puller", "password_file": str(tmp_path / "pull.pw")}}
+        agent.config.write_text(yaml.safe_dump(cfg))
+    ca = tmp_path / "ca.crt"
+    a.cli("ca", "-o", str(ca))                                  # the first agent's CA …
+    (b.state / "tls").mkdir(parents=True, mode=0o700)
+    for f in ("ca.crt", "ca.key"):                              # … copied to the second before its first start
+        shutil.copy2(a.state / "tls" / f, b.state / "tls" / f)
+    verify = ssl.create_default_context(cafile=str(ca))
+    try:
+        for agent in (a, b):
+            agent.start()
+            agent.drop_file(pair.bundle)
+        for agent in (a, b):
+            agent.wait_state("multi", "1.0.0", "complete")
+            base = f"https://{agent.registry}"
+            assert httpx.get(f"{base}/v2/", verify=verify).status_code == 401
+            assert httpx.get(f"{base}/v2/", verify=verify, auth=("puller", "pull pw")).status_code == 200
+            r = httpx.get(f"{base}/healthz", verify=verify)    # no credentials: a load balancer's probe
+            assert r.status_code == 200 and r.json()["ready"] is True
+        out = tmp_path / "mirrors"
+        res = run_cli("agent", "mirror-config", "--config", str(a.config), "--format", "containerd",
+                      "--endpoint", a.registry, "--endpoint", b.registry, "-o", str(out))
+        assert res.returncode == 0, res.stderr
+        up = pair.upstream
+        certs = out / "etc/containerd/certs.d"
+        assert (certs / up / "hydra-bundle-ca.crt").read_bytes() == ca.read_bytes()
+        text = (certs / up / "hosts.toml").read_text()
+        toml = tomllib.loads(text)
+        path = normalize_host(up)
+        assert list(toml["host"]) == [f"https://{a.registry}/v2/{path}", f"https://{b.registry}/v2/{path}"]
+        for h in toml["host"].values():
+            assert h["ca"] == f"/etc/containerd/certs.d/{up}/hydra-bundle-ca.crt"
+            assert h["header"]["authorization"].startswith("Basic ")
+        if shutil.which("containerd") is None or os.geteuid() != 0:
+            return
+        (certs / up / "hosts.toml").write_text(text.replace(f"/etc/containerd/certs.d/{up}/hydra-bundle-ca.crt",
+                                                            str(certs / up / "hydra-bundle-ca.crt")))
+        a.stop()                                                # the first agent is down
+        root = tmp_path / "ctrd"
+        root.mkdir()
+        ctrd = Containerd(root)
+        try:
+            ctrd.ctr("content", "fetch", "--hosts-dir", str(certs), pair.ref, timeout=120)
+            assert ctrd.image_digest(pair.ref) == pair.image.digest
+        finally:
+            ctrd.stop()
+        assert _served(b) > 0
+    finally:
+        a.stop()
+        b.stop()
