@@ -147,17 +147,22 @@ def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print {path: content} as JSON.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the files under DIR (DIR/etc/containerd/certs.d/…) instead of printing them.")
+@click.option("--endpoint", "endpoints", multiple=True, metavar="[http(s)://]HOST[:PORT][/PREFIX]",
+              help="A registry serving the same bundles (each agent of the site): repeat it, in the order nodes "
+                   "try them; the upstream registry comes last. Default: site.registry alone.")
 @handle_errors
-def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None) -> None:
+def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None,
+                      endpoints: tuple[str, ...] = ()) -> None:
     """Registry-mirror snippets for the nodes: every upstream registry of the published images resolves to the
     site registry (images Hydra references at runtime, e.g. the vllm-openai CPU image, included).
 
     Printed as `# ==> PATH <==` headers followed by the file content (each file is valid TOML)."""
     from ..agent.published import Published
-    from ..apply.mirrors import CRIO_FILE, site_mirror_files
+    from ..apply.mirrors import CRIO_FILE, parse_endpoints, site_mirror_files
 
     cfg = load_config(config_path)
     site = _site(cfg, "agent mirror-config")
+    chosen = parse_endpoints(endpoints or [site.registry], site.registry_scheme)
     db, _ = open_journal(cfg)
     refs = Published(db).image_refs()
     if not refs:
@@ -172,13 +177,14 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
     if site.registry_auth is not None:
         auths = json.loads(site.registry_auth.dockerconfigjson(site.registry.partition("/")[0]))["auths"]
         authorization = "Basic " + next(iter(auths.values()))["auth"]
-    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify, ca_pem,
-                              authorization)
+    files = site_mirror_files(refs, chosen[0].registry, chosen[0].scheme, site.registry_skip_verify, ca_pem,
+                              authorization, chosen[1:])
     if fmt != "all":
         files = {p: c for p, c in files.items()
                  if (p == CRIO_FILE or p.startswith("/etc/containers/")) == (fmt == "crio")}
     if as_json:
-        emit_json({"registry": site.registry, "files": files})
+        emit_json({"registry": site.registry, "files": files,
+                   "endpoints": [f"{e.scheme}://{e.registry}" for e in chosen]})
         return
     if output_dir is not None:
         for p, content in files.items():
