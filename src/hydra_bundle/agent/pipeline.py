@@ -196,6 +196,11 @@ class Pipeline:
         self.on_result(res)
         return res
 
+    def run_admitted(self, bundle_id: str, index: BundleIndex) -> Result:
+        """Run the unfinished steps of an admitted bundle as an operator's explicit command (``agent rollback``:
+        the caller holds the lock and has reset the steps to run)."""
+        return self._run(bundle_id, index, None, None, explicit=True)
+
     # ---------------------------------------------------------------- internals
 
     def _process_file(self, path: Path, force: bool) -> Result:

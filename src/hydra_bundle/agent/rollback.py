@@ -95,7 +95,7 @@ def rollback(pipe: Pipeline, name: str, version: str, user: str | None = None) -
         j.reset_steps(t.id, plan.rerun)
         j.event(t.id, name, t.version, "rollback", f"to {t.version} from {cur.version if cur else 'nothing'} by "
                                                    f"{user}")
-        res = pipe._run(t.id, t.index(), None, None, explicit=True)
+        res = pipe.run_admitted(t.id, t.index())
         if lineage.published_at(j, t.id) is not None and (pub := j.bundle(t.id)) is not None \
                 and pub.state != BundleState.QUARANTINED:
             if plan.leaving:
