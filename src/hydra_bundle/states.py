@@ -16,6 +16,7 @@ class BundleState(StrEnum):
     COMPLETE = "complete"        # every planned step is done or skipped
     QUARANTINED = "quarantined"  # refused: moved to state_dir/quarantine with a reason file
     INTERRUPTED = "interrupted"  # shown only: the row says running, but no pipeline runs it (it resumes)
+    COLLECTED = "collected"      # an older version whose content `agent gc` deleted from the store (retention)
 
 
 class StepState(StrEnum):

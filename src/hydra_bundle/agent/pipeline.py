@@ -148,6 +148,8 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id)
             if row.state in (BundleState.COMPLETE, BundleState.QUARANTINED):
                 return Result(Outcome(row.state), bundle_id)
+            if row.state == BundleState.COLLECTED:  # its content is gone: only a new drop of the file brings it back
+                return Result(Outcome.UNKNOWN, bundle_id, row.name, row.version, "collected", row.detail)
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             src = Path(row.source) if row.source else None
             try:
@@ -169,6 +171,8 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id, detail="not an admitted bundle")
             if row.index_json is None or row.state == BundleState.QUARANTINED:
                 return Result(Outcome.QUARANTINED, bundle_id, detail="not an admitted bundle")
+            if row.state == BundleState.COLLECTED:
+                return Result(Outcome.UNKNOWN, bundle_id, row.name, row.version, "collected", row.detail)
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             if steps.get("publish") not in FINISHED:
                 return Result(_as_outcome(row.state), bundle_id, row.name, row.version, "not-ingested",
@@ -218,7 +222,7 @@ class Pipeline:
                 self._admission_checks(ob, bid)
             except VerifyError as e:
                 return self._refuse(path, st, ob, bid, e, [])
-            if row is None or row.state == BundleState.QUARANTINED:
+            if row is None or row.state in (BundleState.QUARANTINED, BundleState.COLLECTED):
                 names = [d.name for d in step_defs(idx, self.config)]
                 self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
                 log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,
