@@ -14,9 +14,11 @@ Sweep, in this order, so a kill -9 anywhere leaves a consistent store:
    COMMIT (as the publish step does): either all of it happened or none of it;
 2. only then are the unmarked blob files unlinked (and ``blobs/`` fsynced).
 
-A crash after 1 leaves blobs nothing references — exactly what the next gc removes. A crash before it leaves
-everything as it was. Nothing is ever unpublished while its bytes are gone, so ``agent inventory`` (the published
-blobs) never lists a deleted blob and a delta built from it never leaves out something the site lacks.
+A crash after 1 leaves blobs nothing references — exactly what the next gc removes. A crash before its COMMIT
+leaves the journal as it was (``index.json`` may already list only the retained references, all still on disk;
+the next gc or publish rewrites it). Bytes are never deleted while they are published, so ``agent inventory``
+(the published blobs) never lists a deleted blob and a delta built from it never leaves out something the site
+lacks.
 """
 
 from __future__ import annotations
@@ -185,8 +187,11 @@ def collect(j: Journal, published: Published, store: Store, keep: int | None, dr
         rep.references = _count(j, "refs", gone)
         rep.paths = _count(j, "paths", gone)
         return rep
+    store.clean_tmp()  # leftovers of writes a kill interrupted (no writer runs: the caller holds the lock)
     if gone or _stale_rows(published, p.marked):
         rep.references, rep.paths = unpublish(j, published, store, p)
+    else:
+        resync_index(published, store)
     rep.freed = sweep(store, p)
     if p.bundles or rep.freed:
         j.event(None, None, None, "gc", rep.summary())
@@ -241,6 +246,21 @@ def unpublish(j: Journal, published: Published, store: Store, p: Plan) -> tuple[
                 store.write_index(published.layout_manifests())
         raise
     return refs, paths
+
+
+def resync_index(published: Published, store: Store) -> bool:
+    """Rewrite ``store/index.json`` when it is not the published view (a kill inside the unpublish transaction
+    after the rewrite: the rows rolled back, the file did not; it then lists a subset, every one still on disk).
+    Returns whether it was rewritten."""
+    want = published.layout_manifests()
+    try:
+        have = json.loads((store.root / "index.json").read_bytes()).get("manifests")
+    except (OSError, ValueError, AttributeError):
+        have = None
+    if have == want:
+        return False
+    store.write_index(want)
+    return True
 
 
 def sweep(store: Store, p: Plan) -> int:
