@@ -100,7 +100,8 @@ def test_gc_keeps_the_retained_versions_and_a_delta_from_the_new_inventory_compl
         assert agent.bundle("demo", "1.0.0")["state"] == "complete"
         assert httpx.get(v1_manifest).status_code == 200
         text = agent.cli("gc", "--dry-run").stdout
-        assert "would collect demo 1.0.0" in text and "would be freed" in text
+        assert "would collect demo 1.0.0" in text and "demo 1.0.0 would be collected" in text
+        assert f"{dry['blobs']} blob(s) and 0 assembly area(s) would be removed" in text
 
         # the real gc (keep from the config): exactly the retained versions stay
         done = _gc(agent)
@@ -111,7 +112,8 @@ def test_gc_keeps_the_retained_versions_and_a_delta_from_the_new_inventory_compl
         assert sum(before.values()) - sum(after.values()) == v1_bytes
         states = {b["version"]: b["state"] for b in agent.status()}
         assert states == {"1.0.0": "collected", "2.0.0": "complete", "3.0.0": "complete"}
-        assert "gc" in agent.bundle("demo", "1.0.0")["detail"]
+        v1_row = agent.bundle("demo", "1.0.0")
+        assert v1_row["reason"] == "gc" and "not among the latest 2 version(s) of demo" in v1_row["detail"]
 
         # the registry and the file server no longer serve what only v1 had; the rest is served
         assert httpx.get(v1_manifest).status_code == 404

@@ -84,10 +84,11 @@ class Report:
     def summary(self) -> str:
         p = self.plan
         what = ", ".join(f"{b.name} {b.version}" for b in p.bundles) or "no bundle"
-        kept = f"latest {p.keep} per name" if p.keep is not None else "every version"
-        return (f"kept {kept}; collected {what}; unpublished {self.references} reference(s) and {self.paths} "
-                f"path(s); {len(p.blobs)} blob(s) and {len(p.assemblies)} assembly area(s): "
-                f"{human_bytes(self.freed)}{' would be' if self.dry_run else ''} freed")
+        kept = f"the latest {p.keep} version(s) of each name" if p.keep is not None else "every version"
+        would = "would be " if self.dry_run else ""
+        return (f"keeping {kept}: {what} {would}collected; {self.references} reference(s) and {self.paths} "
+                f"model/file path(s) {would}unpublished; {len(p.blobs)} blob(s) and {len(p.assemblies)} assembly "
+                f"area(s) {would}removed, {human_bytes(self.freed)} {would}freed")
 
     def json(self) -> dict[str, Any]:
         p = self.plan
@@ -230,8 +231,9 @@ def unpublish(j: Journal, published: Published, store: Store, p: Plan) -> tuple[
                     if owner is not None:
                         c.execute("UPDATE blobs SET bundle_id=? WHERE digest=?", (owner, r["digest"]))
             for b in p.bundles:
-                detail = (f"content deleted by gc: not among the latest {p.keep} versions of {b.name}; drop the "
-                          "bundle file again to restore it (a lower sequence needs a downgrade permit)")
+                detail = (f"not among the latest {p.keep} version(s) of {b.name}: unpublished and its blobs "
+                          "deleted; drop the bundle file again to restore it (a lower sequence needs a downgrade "
+                          "permit)")
                 c.execute("UPDATE bundles SET state=?, reason=?, detail=?, updated_at=? WHERE id=?",
                           (BundleState.COLLECTED, "gc", detail, now, b.id))
                 c.execute("INSERT INTO history(at, bundle_id, name, version, event, detail) VALUES(?,?,?,?,?,?)",

@@ -46,4 +46,4 @@ def gc_cmd(config_path: Path | None, keep: int | None, dry_run: bool, as_json: b
     verb = "would collect" if dry_run else "collected"
     for b in rep.plan.bundles:
         click.echo(f"{verb} {b.name} {b.version} (sequence {b.sequence}, {b.id[:19]})")
-    click.echo(("dry run: " if dry_run else "") + rep.summary())
+    click.echo(rep.summary())
