@@ -197,3 +197,31 @@ def test_retention_after_run_and_what_gc_never_takes(tmp_path: Path) -> None:
             agent.drop_file(p)
         agent.wait_state("parted", "1.0.0", "complete")
         assert httpx.get(f"{agent.files_url}/files/big/big.bin").content == big
+
+
+def test_the_version_published_last_stays_and_a_collected_one_can_come_back(tmp_path: Path) -> None:
+    """After a rollback (an older sequence published last) gc keeps what the site serves besides the latest N;
+    a collected bundle's file dropped again (here with allow_downgrade) is ingested afresh and served again."""
+    key, pub = keypair(tmp_path, "k")
+    v1, v2, v3 = _versions(tmp_path, key)
+    back = _build(tmp_path, key, "demo", "2.0.1", 2, {"shared.bin": SHARED, "v2.bin": V2})
+    agent = AgentProc(tmp_path / "a", [pub], allow_downgrade=True)  # one-shot runs only
+    for f in (v1, v2, v3, back):
+        assert json.loads(agent.cli("ingest", str(f), "--json").stdout)["state"] == "complete"
+    done = _gc(agent, "--keep", "1")
+    assert sorted(b["version"] for b in done["bundles"]) == ["1.0.0", "2.0.0"]
+    states = {b["version"]: b["state"] for b in agent.status()}
+    assert states == {"1.0.0": "collected", "2.0.0": "collected", "2.0.1": "complete", "3.0.0": "complete"}
+    res = agent.cli("apply", "demo", "--version", "1.0.0", check=False)
+    assert res.returncode == 1 and "collected" in res.stdout
+
+    inv = tmp_path / "inv.json"
+    agent.cli("inventory", "-o", str(inv))
+    assert digest_of(ONLY1) not in {b["digest"] for b in json.loads(inv.read_text())["blobs"]}
+    again = json.loads(agent.cli("ingest", str(v1), "--json").stdout)
+    assert again["state"] == "complete", again
+    row = agent.bundle("demo", "1.0.0")
+    assert row["state"] == "complete" and {s["state"] for s in row["steps"]} == {"done"}
+    agent.cli("inventory", "-o", str(inv))
+    assert digest_of(ONLY1) in {b["digest"] for b in json.loads(inv.read_text())["blobs"]}
+    assert (agent.state / "store" / "blobs" / "sha256" / digest_of(ONLY1).removeprefix("sha256:")).is_file()
