@@ -35,6 +35,7 @@ from typing import Any
 
 from ..digest import hex_of
 from ..disk import disk_full, fsync_dir, human_bytes
+from ..errors import HydraError
 from ..states import FINISHED, BundleState
 from .journal import Journal
 from .published import Published
@@ -102,7 +103,7 @@ def _published_versions(j: Journal) -> list[dict[str, Any]]:
     rows = j.db.query(
         "SELECT b.id, b.name, b.version, b.sequence, b.received_at, s.finished_at FROM bundles b "
         "JOIN steps s ON s.bundle_id = b.id AND s.name = 'publish' "
-        f"WHERE b.verified = 1 AND b.name IS NOT NULL AND b.state NOT IN (?, ?) "
+        "WHERE b.verified = 1 AND b.name IS NOT NULL AND b.state NOT IN (?, ?) "
         f"AND s.state IN ({','.join('?' * len(FINISHED))})",
         (BundleState.QUARANTINED, BundleState.COLLECTED, *FINISHED))
     return [dict(r) for r in rows]
@@ -123,12 +124,14 @@ def to_collect(j: Journal, keep: int | None) -> list[Collected]:
     return out
 
 
-def _index_blobs(index_json: bytes) -> list[str]:
-    """Every blob digest a signed index lists (carried or left out by a delta): raw JSON, no model build."""
+def _index_blobs(bundle_id: str, index_json: bytes) -> list[str]:
+    """Every blob digest a signed index lists (carried or left out by a delta): raw JSON, no model build. An
+    index that cannot be read stops the gc (its blobs would otherwise count as unreferenced)."""
     try:
         return [str(b["digest"]) for b in json.loads(index_json).get("blobs") or []]
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return []
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise HydraError(f"gc: cannot read the index of bundle {bundle_id} in the journal ({e}); nothing was "
+                         "deleted") from None
 
 
 def plan(j: Journal, store: Store, keep: int | None) -> Plan:
@@ -146,7 +149,7 @@ def plan(j: Journal, store: Store, keep: int | None) -> Plan:
         if r["state"] == BundleState.QUARANTINED and r["id"] not in owning:
             continue  # refused before it published: its blobs were removed then
         live_ids.add(r["id"])
-        for d in _index_blobs(r["index_json"]):
+        for d in _index_blobs(r["id"], r["index_json"]):
             p.marked.add(d)
             p.owners[d] = r["id"]  # the newest live bundle listing it
     p.live = len(live_ids)
@@ -297,7 +300,7 @@ class Reclaimable:
                    *(os.stat(d).st_mtime_ns for d in (self.store.blobs, self.store.assembling)))
             if key != self._key:
                 self._value, self._key = plan(self.j, self.store, self.keep).bytes, key
-        except (OSError, sqlite3.Error):
+        except (OSError, sqlite3.Error, HydraError):
             pass  # keep the last value; the scrape must not fail
         return self._value
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import click
 
 from ..agent.config import load_config
-from ..errors import UsageError
+from ..errors import HydraError, UsageError
 from .agent_common import config_option
 from .common import emit_json, handle_errors
 
@@ -38,8 +39,11 @@ def gc_cmd(config_path: Path | None, keep: int | None, dry_run: bool, as_json: b
     db = open_database(cfg.journal_path)
     j = Journal(db)
     store = Store(cfg.store_dir)
-    with PipelineLock(cfg.state_dir).held():
-        rep = gc.collect(j, Published(db), store, keep, dry_run=dry_run)
+    try:
+        with PipelineLock(cfg.state_dir).held():
+            rep = gc.collect(j, Published(db), store, keep, dry_run=dry_run)
+    except sqlite3.Error as e:  # e.g. the disk is full: nothing was deleted unless the journal committed first
+        raise HydraError(f"gc: the journal could not be written: {e}") from None
     if as_json:
         emit_json(rep.json())
         return
