@@ -225,3 +225,15 @@ def test_the_version_published_last_stays_and_a_collected_one_can_come_back(tmp_
     agent.cli("inventory", "-o", str(inv))
     assert digest_of(ONLY1) in {b["digest"] for b in json.loads(inv.read_text())["blobs"]}
     assert (agent.state / "store" / "blobs" / "sha256" / digest_of(ONLY1).removeprefix("sha256:")).is_file()
+
+
+def test_bad_retention_input_is_refused(tmp_path: Path) -> None:
+    _, pub = keypair(tmp_path, "k")
+    agent = AgentProc(tmp_path / "a", [pub], retention={"keep": 0})
+    res = agent.cli("gc", check=False)
+    assert res.returncode == 2 and "retention.keep" in res.stderr, res.stderr
+    agent = AgentProc(tmp_path / "b", [pub])
+    res = agent.cli("gc", check=False)
+    assert res.returncode == 2 and "no state yet" in res.stderr, res.stderr
+    res = agent.cli("gc", "--keep", "0", check=False)
+    assert res.returncode == 2 and "--keep" in res.stderr, res.stderr
