@@ -313,6 +313,12 @@ def test_the_running_agent_stops_serving_what_rollback_and_remove_take_away(
         assert {b["version"]: b["state"] for b in agent.status()} == {"1.0.0": "removed", "2.0.0": "removed"}
         res = agent.cli("rollback", "demo", "--to", "9.0.0", check=False)
         assert res.returncode == 2 and "demo 9.0.0 is not retained" in res.stderr
+        # gc: nothing of a removed bundle is needed any more, even without retention (no --keep)
+        blobs = agent.state / "store/blobs/sha256"
+        before = len(list(blobs.iterdir()))
+        gc = json.loads(agent.cli("gc", "--json").stdout)
+        assert gc["liveBundles"] == 0 and gc["blobs"] == before > 0 and gc["bytes"] > 0, gc
+        assert list(blobs.iterdir()) == []
 
         agent.drop_file(agent_bundles["demo2"].path, "demo2-again.tar")  # installs again after a remove
         agent.wait_state("demo", "2.0.0", "complete")

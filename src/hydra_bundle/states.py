@@ -19,6 +19,7 @@ class BundleState(StrEnum):
     REMOVING = "removing"        # `agent remove` started and has not finished (a step failed or waits): run it again
     REMOVED = "removed"          # `agent remove` finished: nothing of the bundle is applied or served (kept: history)
     ROLLED_BACK = "rolled-back"  # `agent rollback` went to another version; retained (`--to` it returns)
+    COLLECTED = "collected"      # an older version whose content `agent gc` deleted from the store (retention)
 
 
 LIFECYCLE_ENDED = (BundleState.REMOVING, BundleState.REMOVED, BundleState.ROLLED_BACK)  # not what a site runs

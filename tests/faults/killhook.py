@@ -43,6 +43,15 @@ SQL_POINTS = {
     "sql-before-commit": "every row of the sql step is written, COMMIT not sent",
     "sql-after-commit": "the sql transaction is committed, the journal does not know yet",
 }
+# agent gc (tests/faults/test_gc_kill.py)
+GC_POINTS = {
+    "gc-before-tx": "the mark is done, nothing unpublished or deleted yet",
+    "gc-in-tx": "every row of the unpublish transaction written, store/index.json rewritten, before COMMIT",
+    "gc-after-commit": "unpublished and marked collected (committed), no blob unlinked yet",
+    "gc-mid-sweep": "the N-th unmarked blob was unlinked, the rest are still there",
+    "gc-before-event": "every blob unlinked, the history event not yet written",
+}
+EVERY = {**POINTS, **SQL_POINTS, **GC_POINTS}
 
 _counts: dict[str, int] = {}
 _writing_index = False  # inside the publish step's rewrite of store/index.json
@@ -53,8 +62,8 @@ def _armed() -> tuple[str, int] | None:
     if not spec:
         return None
     point, _, n = spec.partition("@")
-    if point not in POINTS and point not in SQL_POINTS:
-        raise SystemExit(f"HYDRA_FAULT: unknown point {point!r} (one of {', '.join([*POINTS, *SQL_POINTS])})")
+    if point not in EVERY:
+        raise SystemExit(f"HYDRA_FAULT: unknown point {point!r} (one of {', '.join(EVERY)})")
     return point, int(n or 1)
 
 
@@ -237,6 +246,62 @@ def install() -> None:
         hit("sql-after-commit")
 
     pymysql.connections.Connection.commit = commit  # type: ignore[method-assign]
+
+    _install_gc()
+
+
+def _install_gc() -> None:
+    from hydra_bundle.agent import gc, journal
+
+    orig_unpublish = gc.unpublish
+
+    def unpublish(j: journal.Journal, *a: Any, **kw: Any) -> tuple[int, int]:
+        hit("gc-before-tx")
+        db = j.db
+        orig_tx = db.tx
+
+        @contextlib.contextmanager
+        def tx() -> Iterator[Any]:
+            with orig_tx() as c:
+                yield c
+                hit("gc-in-tx")  # rows written and index.json rewritten, COMMIT has not run
+
+        db.tx = tx  # type: ignore[method-assign]
+        try:
+            return orig_unpublish(j, *a, **kw)
+        finally:
+            del db.tx
+
+    gc.unpublish = unpublish
+
+    orig_sweep = gc.sweep
+
+    def sweep(store: Any, plan: Any) -> int:
+        hit("gc-after-commit")
+        orig_unlink = Path.unlink
+
+        def unlink(self: Path, missing_ok: bool = False) -> None:
+            orig_unlink(self, missing_ok=missing_ok)
+            if self.parent == store.blobs:
+                hit("gc-mid-sweep")
+
+        Path.unlink = unlink  # type: ignore[method-assign]
+        try:
+            return orig_sweep(store, plan)
+        finally:
+            Path.unlink = orig_unlink  # type: ignore[method-assign]
+
+    gc.sweep = sweep
+
+    orig_event = journal.Journal.event
+
+    def event(self: journal.Journal, bundle_id: str | None, name: str | None, version: str | None, ev: str,
+              detail: str | None = None) -> None:
+        if ev == "gc":
+            hit("gc-before-event")
+        orig_event(self, bundle_id, name, version, ev, detail)
+
+    journal.Journal.event = event  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

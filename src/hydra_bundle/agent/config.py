@@ -134,6 +134,15 @@ class Limits(_Strict):
                                   "to keep an idle connection open; also each read and write of a body")
 
 
+class Retention(_Strict):
+    """How many versions of each bundle name the store keeps (``agent gc``; the daemon collects after every
+    bundle that completes)."""
+
+    keep: int = Field(ge=1, description="published versions of each bundle name kept (the one applied last is "
+                      "always kept, too); older ones are unpublished and their blobs deleted")
+    after_run: bool = Field(True, description="run gc after every bundle that completes (false: only `agent gc`)")
+
+
 def _replaceable_by_anyone(key: Path) -> str | None:
     """Why a pinned key file can be swapped by any local user (world-writable file, or a world-writable directory
     on its path without the sticky bit), or None."""
@@ -168,6 +177,9 @@ class AgentConfig(_Strict):
         "keep", description="what to do with a bundle file in drop_dir once it is complete")
     apply: bool = Field(True, description="run the bundles' apply steps here; false on the other agents of a site "
                         "that has several (one agent applies, the others verify, publish and serve)")
+    retention: Retention | None = Field(None, description="keep the latest N versions of each bundle name "
+                                        "(omit: every version is kept; `agent gc` then removes only blobs nothing "
+                                        "references)")
 
     @field_validator("trusted_keys")
     @classmethod

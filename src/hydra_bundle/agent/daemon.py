@@ -13,6 +13,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from .. import __version__
 from ..errors import Cancelled, HydraError
 from ..kit.installer import UPGRADE_EXIT
 from ..states import BundleState, Outcome
-from . import upgrade
+from . import gc, upgrade
 from .auth import Htpasswd
 from .config import AgentConfig
 from .file_server import FileHandler
@@ -75,6 +76,8 @@ class Agent:
                                  daemon=True)
         self.upgraded = False    # a step installed a newer agent: exit UPGRADE_EXIT for systemd to start it
         self.metrics.attach(self.pipeline.journal, self.pipeline.published)
+        keep = config.retention.keep if config.retention is not None else None
+        self.metrics.attach_reclaimable(gc.Reclaimable(self.pipeline.journal, self.pipeline.store, keep))
         self.notifier = notifier or Notifier()
         self.settler = Settler(config.settle_seconds, config.incomplete_timeout)
         self.watcher = Watcher(config.drop_dir, self.settler, self.wake)
@@ -102,6 +105,22 @@ class Agent:
             self.upgraded = True
             self.stop.set()
             self.wake.set()
+        elif r.state == Outcome.COMPLETE and self.config.retention is not None and self.config.retention.after_run:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Retention after a bundle completed: gc under the pipeline lock (a failure is logged, never fatal)."""
+        assert self.config.retention is not None
+        p = self.pipeline
+        try:
+            with p.locked():
+                rep = gc.collect(p.journal, p.published, p.store, self.config.retention.keep)
+        except (HydraError, OSError, sqlite3.Error) as e:
+            log.warning("gc after the run failed", extra={"kv": {"error": str(e)}})
+            return
+        if rep.plan.bundles or rep.freed:
+            log.info("gc", extra={"kv": {"collected": ",".join(f"{b.name} {b.version}" for b in rep.plan.bundles),
+                                         "references": rep.references, "bytes_freed": rep.freed}})
 
     def health(self) -> dict[str, Any]:
         try:

@@ -160,7 +160,9 @@ class Journal:
         now = time.time()
         with self.db.tx() as c:
             prev = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
-            if prev is not None and prev["state"] in (BundleState.QUARANTINED, BundleState.REMOVED):  # start over
+            if prev is not None and prev["state"] in (BundleState.QUARANTINED, BundleState.REMOVED,
+                                                      BundleState.COLLECTED):
+                # a good copy of one refused before, one removed, or one whose content gc deleted: every step again
                 c.execute("DELETE FROM steps WHERE bundle_id=?", (bundle_id,))
             c.execute(
                 """INSERT INTO bundles(id, name, version, sequence, state, verified, source, signer, size, created,

@@ -7,7 +7,7 @@ journal at scrape time.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -34,6 +34,17 @@ class _StateCollector(Collector):
         yield s
 
 
+class _ReclaimableCollector(Collector):
+    def __init__(self, reclaimable: Callable[[], int]):
+        self.reclaimable = reclaimable
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("hydra_agent_reclaimable_bytes", "Bytes `agent gc` with the configured retention "
+                              "would free now (versions beyond retention.keep, blobs nothing references)")
+        g.add_metric([], self.reclaimable())
+        yield g
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -47,6 +58,9 @@ class Metrics:
 
     def attach(self, journal: Journal, published: Published) -> None:
         self.registry.register(_StateCollector(journal, published))
+
+    def attach_reclaimable(self, reclaimable: Callable[[], int]) -> None:
+        self.registry.register(_ReclaimableCollector(reclaimable))
 
     def observe(self, server: str, method: str, status: int, sent: int) -> None:
         self.requests.labels(server, method, str(status)).inc()

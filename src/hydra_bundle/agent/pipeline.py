@@ -148,6 +148,8 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id)
             if row.state in (BundleState.COMPLETE, BundleState.QUARANTINED):
                 return Result(Outcome(row.state), bundle_id)
+            if row.state == BundleState.COLLECTED:  # its content is gone: only a new drop of the file brings it back
+                return Result(Outcome.UNKNOWN, bundle_id, row.name, row.version, "collected", row.detail)
             if row.state in LIFECYCLE_ENDED or removing(self.journal, bundle_id):  # only `agent remove` goes on
                 return Result(Outcome.WAITING, bundle_id, row.name, row.version, str(row.state),
                               "rolled back from: `hydra-bundle agent rollback --to` returns to it"
@@ -174,6 +176,8 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id, detail="not an admitted bundle")
             if row.index_json is None or row.state == BundleState.QUARANTINED:
                 return Result(Outcome.QUARANTINED, bundle_id, detail="not an admitted bundle")
+            if row.state == BundleState.COLLECTED:
+                return Result(Outcome.UNKNOWN, bundle_id, row.name, row.version, "collected", row.detail)
             if row.state in (BundleState.REMOVING, BundleState.REMOVED) or removing(self.journal, bundle_id):
                 return Result(Outcome.WAITING, bundle_id, row.name, row.version, str(row.state),
                               "the bundle is removed (or being removed): drop the bundle file to install it again")
@@ -231,7 +235,7 @@ class Pipeline:
                 self._admission_checks(ob, bid)
             except VerifyError as e:
                 return self._refuse(path, st, ob, bid, e, [])
-            if row is None or row.state in (BundleState.QUARANTINED, BundleState.REMOVED):
+            if row is None or row.state in (BundleState.QUARANTINED, BundleState.REMOVED, BundleState.COLLECTED):
                 names = [d.name for d in step_defs(idx, self.config)]
                 self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
                 log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,

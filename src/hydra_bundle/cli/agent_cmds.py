@@ -160,10 +160,15 @@ def _has_changes(j: Any) -> bool:
 def inventory_cmd(config_path: Path | None, out: Path) -> None:
     """Every blob digest this site holds (published), with the bundles: the input for delta bundles."""
     from ..agent.published import Published
+    from ..oci.layout import BlobDir
 
     cfg = load_config(config_path)
     db, j = open_journal(cfg)
-    blobs = Published(db).inventory()
+    store = BlobDir()
+    store.blobs = cfg.store_dir / "blobs" / "sha256"
+    # only what is on disk too: a delta built from this never leaves out a blob the site lacks (agent gc
+    # unpublishes before it deletes, so this filter only matters for a store changed by hand)
+    blobs = [(d, s) for d, s in Published(db).inventory() if store.has(d, s)]
     data = {
         "format": "hydra-bundle-inventory/v1",
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -183,10 +188,11 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
 
 def _register() -> None:
     from .apply_cmds import apply_cmd, ca_cmd, mirror_config_cmd, plan_cmd
+    from .gc_cmd import gc_cmd
     from .lifecycle_cmds import remove_cmd, rollback_cmd
     from .preflight_cmd import preflight_cmd
 
-    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd, preflight_cmd, remove_cmd, rollback_cmd):
+    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd, preflight_cmd, remove_cmd, rollback_cmd, gc_cmd):
         agent_group.add_command(cmd)
 
 
