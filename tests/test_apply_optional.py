@@ -292,3 +292,13 @@ def test_the_hydra_spec_installs_istio_only_where_the_site_enables_it(tmp_path: 
     names = [st.step_name for st in spec.deploy.steps]
     assert names.index("istio-base") < names.index("istiod") < names.index("manifests-gateway")
     assert raw["deploy"]["steps"][names.index("istiod")]["chart"]["name"] == "istiod"
+
+
+def test_preflight_needs_leave_out_steps_that_are_off(tmp_path: Path) -> None:
+    from hydra_bundle.apply.needs import needs_of
+
+    index, plan = _plan(tmp_path, site())
+    assert needs_of(plan, index, lambda _d: None).unread_charts == ["apply:chart-dataset"]
+    index, plan = _plan(tmp_path, site(enable=["istio"]))
+    assert needs_of(plan, index, lambda _d: None).unread_charts == ["apply:istio-base", "apply:istiod",
+                                                                    "apply:chart-dataset"]
