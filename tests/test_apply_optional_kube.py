@@ -102,3 +102,57 @@ def test_site_values_and_an_optional_step_end_to_end(tmp_path: Path, kube_apiser
             assert kube.get("v1", "ConfigMap", "demo-cm", NS) is not None
     finally:
         kube.close()
+
+
+def test_a_when_expression_naming_gpu_is_decided_with_the_clusters_nodes(tmp_path: Path,
+                                                                         kube_apiserver: KubeAPIServer) -> None:
+    """What the site decides is decided by the plan; ``gpu`` when the step runs, from the real Node objects."""
+    from hydra_bundle.apply.plan import build_plan
+    from hydra_bundle.apply.runtime import Runtime
+    from hydra_bundle.apply.site import SiteConfig
+    from tests.support.applyindex import synthetic_index
+
+    site = SiteConfig.model_validate({"cluster_name": "c", "domain": "cn-sh-a1", "registry": "10.0.0.5:5000",
+                                      "file_server": "http://10.0.0.5:81", "vars": {"pool": "sim"},
+                                      "kubeconfig": str(kube_apiserver.kubeconfig)})
+    when = "site.vars.pool == 'sim' and not gpu"
+    index, read_blob = synthetic_index(tmp_path, {"metadata": {"name": "opt-gpu", "version": "1.0.0", "sequence": 1},
+                                                  "deploy": {"prune": False, "steps": [
+        {"name": "simulate", "when": when, "label_nodes": {"labels": {"opt/pool": "sim"}, "nodes": ["opt-w1"]}}]}})
+    kube = Kube.from_kubeconfig(kube_apiserver.kubeconfig)
+    nodes = kube.resource("v1", "Node")
+    created: list[str] = []
+
+    def node(name: str, gpu: int | None) -> None:
+        status: dict[str, Any] = {"capacity": {"cpu": "8", "memory": "32Gi"}}
+        if gpu is not None:
+            status["capacity"]["nvidia.com/gpu"] = str(gpu)
+            status["allocatable"] = {"nvidia.com/gpu": str(gpu)}
+        kube.dyn.create(nodes, body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {},
+                                     "status": status})
+        created.append(name)
+
+    def run() -> Any:
+        plan = build_plan(index, site, read_blob)
+        step = plan.steps[0]
+        assert step.off is None and f"[only if {when}]" in plan.text()     # the plan cannot tell
+        rt = Runtime(site, plan.bundle)
+        try:
+            return step.run(rt), step.choices["when"]
+        finally:
+            rt.close()
+
+    try:
+        node("opt-w1", None)
+        res, choice = run()
+        assert res.state == "done" and res.changes == ["labelled node opt-w1 opt/pool=sim"]
+        assert choice == {"expression": when, "site": {"site.vars.pool": "sim"}, "value": True, "gpu": False}
+        node("opt-gpu-1", 4)
+        res, choice = run()
+        assert (res.state, res.summary) == ("skipped", f'skipped: when: {when} is false here '
+                                                       f'(site.vars.pool="sim", gpu=true)')
+        assert choice == {"expression": when, "site": {"site.vars.pool": "sim"}, "value": False, "gpu": True}
+    finally:
+        for n in created:
+            kube.dyn.delete(nodes, name=n)
+        kube.close()
