@@ -89,6 +89,8 @@ def test_the_three_literals_are_unchanged() -> None:
     dumped = d.model_dump(mode="json", exclude_none=True)
     assert dumped["steps"][0]["when"] == "no-gpu" and "optional" not in dumped["steps"][0]  # older agents load it
     assert DeploySpec.model_validate(dumped) == d
+    off = DeploySpec.model_validate({"steps": [{"when": False, "wait_for": [{"kind": "Service", "name": "s"}]}]})
+    assert off.steps[0].when == "false" and off.steps[0].condition.evaluate({}) is False   # YAML `when: false`
 
 
 def test_site_facts_are_exactly_the_names_expressions_may_use() -> None:

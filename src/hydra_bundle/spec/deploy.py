@@ -290,6 +290,11 @@ class DeployStep(_Strict):
     feature: str | None = Field(None, description="the name site.enable uses for this optional step (several steps "
                                                   "may share one, e.g. istio for istio-base and istiod)")
 
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_bool(cls, v: Any) -> Any:
+        return ("true" if v else "false") if isinstance(v, bool) else v   # YAML `when: false`
+
     @field_validator("when")
     @classmethod
     def _when(cls, v: str) -> str:
