@@ -60,8 +60,9 @@ def test_site_values_and_an_optional_step_end_to_end(tmp_path: Path, kube_apiser
             "values": {"demo": str(values)}}
     _set_site(agent, site)
 
-    plan = json.loads(agent.cli("plan", str(bundle), "--json", "--offline").stdout)
+    plan = json.loads(agent.cli("plan", str(bundle), "--json").stdout)
     by = {s["name"]: s for s in plan["steps"]}
+    assert "install demo 0.1.0" in by["chart-demo"]["now"]["detail"] and "now" not in by["extra"]
     assert by["chart-demo"]["values"] == {"replicaCount": 3}
     assert by["chart-demo"]["choices"]["valuesFiles"] == [{"key": "demo", "path": str(values), "sha256": sha}]
     assert by["extra"]["skipped"].startswith("optional, not enabled on this site")

@@ -52,7 +52,7 @@ class ApplyPlan:
         """Ask the cluster what each chart step would do now (install, upgrade with the values diff, nothing);
         a cluster that does not answer is noted, not an error."""
         for s in self.steps:
-            if isinstance(s, ChartStep):
+            if isinstance(s, ChartStep) and s.off is None:   # a step that is off here would do nothing
                 try:
                     self.now[s.name] = s.preview(rt)
                 except (ApplyError, Cancelled) as e:
