@@ -32,6 +32,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str], str]] = {
     "rss": ("peak_rss.py", [], ["--gb", "20"], "peak RSS of build/verify/ingest/serve, 2 GB vs 0.2 GB (goal < 150 MB)"),
     "delta": ("delta_split.py", [], [], "split + delta: bytes carried vs bytes the site lacks (goal <= 1.05x)"),
     "drop": ("drop_to_complete.py", [], [], "drop -> complete for the Hydra demo bundle, excluding the copy"),
+    "multi": ("multi_agent.py", [], ["--mb", "2000"],
+              "8 and 32 parallel pulls: one agent, two agents, docker-registry (throughput and ratios)"),
 }
 
 

@@ -210,10 +210,29 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
     assert not agent.state.exists()
     assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "gateways.gateway.networking.k8s.io") is None
 
-    # ---- run; kill -9 while the warm-up waits for the dataset controller
+    # ---- run: preflight finds no nfs-csi class (the warm-up's Dataset needs it) and holds every apply step
     agent.start()
     try:
         agent.drop_file(bundle)
+        def held() -> dict[str, Any] | None:  # one status read: the agent retries the check every second
+            b = agent.bundle("hydra-ws", "1.0.0") or {}
+            pre = {s["name"]: s for s in b.get("steps", [])}.get("preflight") or {}
+            return b if b.get("state") == "waiting" and pre.get("state") == "pending" and pre.get("result") else None
+        b = wait_for(held, 120, f"preflight holds the apply steps\n{agent.log_tail()}", interval=0.25)
+        pre = {s["name"]: s for s in b["steps"]}["preflight"]
+        assert "storage-classes" in b["detail"] and "nfs-csi" in b["detail"]
+        checks = {c["name"]: c for c in pre["result"]["checks"]}
+        assert checks["storage-classes"]["status"] == "fail" and "StorageClass" in checks["storage-classes"]["hint"]
+        assert checks["apis"]["status"] == "pass" and "shipped as CRDs" in checks["apis"]["detail"]
+        assert checks["mysql"]["status"] == "pass" and checks["kubernetes"]["status"] == "pass"
+        assert all(s["state"] == "pending" for s in b["steps"] if s["name"].startswith("apply:"))
+        assert kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition",
+                        "gateways.gateway.networking.k8s.io") is None  # nothing applied
+        # the operator installs the NFS driver's class; the agent's retry passes preflight and applies
+        kube.dyn.create(kube.resource("storage.k8s.io/v1", "StorageClass"), body={
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "nfs-csi"},
+            "provisioner": "nfs.csi.k8s.io"})
+        # kill -9 while the warm-up waits for the dataset controller
         wait_for(lambda: _steps(agent).get("apply:warmup-tiny", {}).get("state") == "running", 120,
                  f"warm-up running\n{agent.log_tail()}", interval=0.25)
         wait_for(lambda: "phase PENDING" in (_steps(agent)["apply:warmup-tiny"]["detail"] or ""), 30, "progress")
@@ -238,8 +257,9 @@ def test_agent_applies_the_bundle_survives_kill9_and_reapplies(
         b = agent.wait_state("hydra-ws", "1.0.0", "waiting")
         steps = {s["name"]: s for s in b["steps"]}
         assert {n: s["state"] for n, s in steps.items()} == {
-            "ingest": "done", "publish": "done", "apply:manifests-crds": "done", "apply:tls": "done",
-            "apply:manifests-gateway": "done", "apply:simulate-gpu": "done", "apply:chart-demo": "pending",
+            "ingest": "done", "publish": "done", "preflight": "done", "apply:manifests-crds": "done",
+            "apply:tls": "done", "apply:manifests-gateway": "done", "apply:simulate-gpu": "done",
+            "apply:chart-demo": "pending",
             "apply:sql": "done", "apply:warmup-tiny": "done", "apply:wait-for": "done", "apply:prune": "done"}
         chart = steps["apply:chart-demo"]
         command = chart["result"]["command"]
@@ -380,21 +400,33 @@ def test_api_server_and_mysql_down_at_start_are_retried_until_they_come_up(
         agent.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         with agent.start():
             agent.drop_file(bundle)
-            b = agent.wait_state("late", "1.0.0", "failed", timeout=60)
-            assert b["detail"].startswith("apply:sql: sql: mysql://root@") and "not reachable" in b["detail"]
+            # preflight asks both first: nothing is attempted while they are down, the bundle waits with why
+            seen: dict[str, Any] = {}
+
+            def failing() -> list[str]:
+                b = agent.bundle("late", "1.0.0") or {}
+                pre = {s["name"]: s for s in b.get("steps", [])}.get("preflight") or {}
+                if b.get("state") != "waiting" or pre.get("state") != "pending" or not pre.get("result"):
+                    return []
+                seen.update(b)
+                return sorted(c["name"] for c in pre["result"]["checks"] if c["status"] == "fail")
+            assert wait_for(failing, 90, "preflight fails on both") == ["kubernetes", "mysql"]
+            b = seen
+            assert b["reason"] == "blocked" and "cannot ask the cluster" in b["detail"]
+            assert "MySQL error 2003" in b["detail"]
+            assert all(s["attempts"] == 0 for s in b["steps"] if s["name"].startswith("apply:"))
             db.start()
             db.execute("CREATE DATABASE late CHARACTER SET utf8mb4")
             db.execute(VENDOR_TABLE, database="late")
-            wait_for(lambda: (agent.bundle("late", "1.0.0") or {}).get("detail", "").startswith(
-                "apply:manifests-ns: kubernetes API"), 60, "waiting for the API server")
+            wait_for(lambda: failing() == ["kubernetes"], 90, "only the API server is missing")
             srv.start()
-            agent.wait_state("late", "1.0.0", "complete", timeout=90)
+            agent.wait_state("late", "1.0.0", "complete", timeout=120)
         kube = Kube.from_kubeconfig(srv.kubeconfig)
         assert kube.get("v1", "ConfigMap", "c", "late") is not None
         kube.close()
         assert db.execute("SELECT name FROM vendor", database="late") == [("alibaba",)]
         events = [e["event"] for e in json.loads(agent.cli("history", "--json").stdout)["events"]]
-        assert "step apply:sql failed" in events and "step apply:manifests-ns failed" in events
+        assert "step apply:sql failed" not in events and "step apply:sql done" in events
     finally:
         srv.stop()
 

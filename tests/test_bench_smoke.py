@@ -26,6 +26,8 @@ CASES = {
                                                              "curl_tls_ratio_agent_vs_docker_registry"]),
     "ingest": (["ingest.py", "--gb", "0.02", "--small", "4", "--rounds", "1"], ["disk", "tmpfs", "ratio_to_sha256sum"]),
     "delta_split": (["delta_split.py", "--images", "3", "--scale", "0.05", "--split", "4M"], ["ratio", "carried"]),
+    "multi_agent": (["multi_agent.py", "--mb", "4", "--clients", "2,3", "--rounds", "1"],
+                    ["GBps", "ratio_two_agents_vs_one", "ratio_one_agent_vs_docker_registry"]),
 }
 
 

@@ -337,3 +337,21 @@ def test_bad_public_key_is_usage_error(tmp_path: Path) -> None:
     junk.write_text("not a key\n")
     res = run_cli(["verify", out, "--pub", junk])
     assert res.exit_code == 2 and res.stderr.strip() == f"error: {junk}: not a PEM public key"
+
+
+def test_bad_requirements_name_field_and_line(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, """\
+        requirements:
+          node_memory: lots
+          apis: [Gateway]
+          kubernetes: "one"
+        """)
+    lines = sorted(ln.replace(str(spec), "bundle-spec.yaml") for ln in _build_errors(tmp_path, spec))
+    assert lines == [
+        "bundle-spec.yaml:5: requirements.node_memory: 'lots' is not a quantity like 7Gi, 512Mi, 8G or bytes",
+        "bundle-spec.yaml:6: requirements.apis: 'Gateway' is not group/version or group/version/Kind (apps/v1, "
+        "gateway.networking.k8s.io/v1/Gateway, v1/Service)",
+        "bundle-spec.yaml:7: requirements.kubernetes: 'one' is not a Kubernetes version like 1.25"]
+    spec = _spec(tmp_path, "requirements:\n  models:\n    nope: {memory: 7Gi}\n")
+    assert [ln.replace(str(spec), "bundle-spec.yaml") for ln in _build_errors(tmp_path, spec)] == [
+        "bundle-spec.yaml:6: requirements.models.nope: no model named 'nope' in `models:`"]

@@ -50,6 +50,15 @@ class VerifyError(HydraError):
         super().__init__(f"{reason}: {detail}")
 
 
+class UnknownBundle(UsageError):
+    """No bundle of that name (or digest) on this site."""
+
+
+class NotRetained(UsageError):
+    """``agent rollback --to VERSION``: that version is not on this site any more (never admitted, refused, or
+    its content is no longer in the store)."""
+
+
 # ---------------------------------------------------------------- an operation failed
 
 class SourceError(HydraError):
@@ -78,6 +87,10 @@ class BodyInterrupted(SourceError):
 
 class DiskSpaceError(HydraError):
     """Not enough free space for a write we are about to make."""
+
+
+class PipelineBusy(HydraError):
+    """Another run (the daemon, ``agent ingest``/``apply``) holds the pipeline lock; try again when it ends."""
 
 
 class ApplyError(HydraError):

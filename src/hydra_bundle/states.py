@@ -16,6 +16,12 @@ class BundleState(StrEnum):
     COMPLETE = "complete"        # every planned step is done or skipped
     QUARANTINED = "quarantined"  # refused: moved to state_dir/quarantine with a reason file
     INTERRUPTED = "interrupted"  # shown only: the row says running, but no pipeline runs it (it resumes)
+    REMOVING = "removing"        # `agent remove` started and has not finished (a step failed or waits): run it again
+    REMOVED = "removed"          # `agent remove` finished: nothing of the bundle is applied or served (kept: history)
+    ROLLED_BACK = "rolled-back"  # `agent rollback` went to another version; retained (`--to` it returns)
+
+
+LIFECYCLE_ENDED = (BundleState.REMOVING, BundleState.REMOVED, BundleState.ROLLED_BACK)  # not what a site runs
 
 
 class StepState(StrEnum):

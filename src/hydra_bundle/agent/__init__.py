@@ -19,6 +19,7 @@
 | ``file_server``     | ``/model/<name>/<path>`` and ``/files/<name>/<file>`` with listings rclone reads |
 | ``httpbase``        | threading server bound to the configured address, Range, sendfile |
 | ``metrics``         | prometheus ``/metrics`` and ``/healthz`` |
+| ``readiness``       | ``/healthz`` on the registry and file listeners: ready to serve? (a load balancer's probe) |
 | ``notify``          | sd_notify (READY, STATUS, WATCHDOG) without extra dependencies |
 | ``log``             | structured key=value logs on stderr (journald-friendly) |
 | ``daemon``          | ``agent run``: servers + watch loop |

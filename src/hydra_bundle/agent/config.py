@@ -166,6 +166,8 @@ class AgentConfig(_Strict):
     retry_interval: float = Field(60.0, gt=0, description="seconds before a failed step is retried")
     drops: Literal["keep", "delete"] = Field(
         "keep", description="what to do with a bundle file in drop_dir once it is complete")
+    apply: bool = Field(True, description="run the bundles' apply steps here; false on the other agents of a site "
+                        "that has several (one agent applies, the others verify, publish and serve)")
 
     @field_validator("trusted_keys")
     @classmethod

@@ -31,6 +31,7 @@ from .lock import PipelineLock
 from .metrics import Metrics, MetricsHandler
 from .notify import Notifier
 from .pipeline import RESTART, Pipeline, Result
+from .readiness import Readiness
 from .registry_server import RegistryHandler
 from .schema import open_database
 from .servetls import registry_tls
@@ -127,7 +128,7 @@ class Agent:
 
     def start_servers(self) -> None:
         ctx = {"published": self.pipeline.published, "store": self.pipeline.store, "metrics": self.metrics,
-               "health": self.health}
+               "health": self.health, "readiness": Readiness(self.pipeline.store, self.stop)}
         servers = [(name, listen, handler) for name, listen, handler in (
             ("registry", self.config.registry, RegistryHandler), ("files", self.config.files, FileHandler),
             ("metrics", self.config.metrics, MetricsHandler)) if listen is not None]

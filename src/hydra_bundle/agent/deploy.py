@@ -41,6 +41,8 @@ PREFIX = "apply:"
 NO_SITE_SHORT = "no site: section in the agent config"
 NO_SITE = (f"{NO_SITE_SHORT} (cluster, domain, registry, file server, kubeconfig, mysql): add it and restart the "
            "agent, or run `hydra-bundle agent apply NAME`")
+APPLY_ELSEWHERE = ("apply: false in the agent config: another agent of the site applies (set apply: true to "
+                   "apply here, then `hydra-bundle agent apply NAME`)")
 KEEPALIVE = 10.0          # seconds between watchdog feeds while a step blocks (helm, slow API calls)
 DETAIL_EVERY = 0.5        # at most two journal writes per second for a running step's progress
 
@@ -173,6 +175,8 @@ def run(ctx: StepContext, name: str) -> str:
     if newer is not None:  # never re-apply stale content over a newer version of the same bundle
         raise SkipStep(f"superseded by {newer.name} {newer.version} (received later); `hydra-bundle agent apply "
                        f"{newer.name} --version {ctx.index.version}` applies this version explicitly")
+    if not ctx.config.apply:  # several agents serve this site; one of the others runs the deploy steps
+        raise SkipStep(APPLY_ELSEWHERE)
     if ctx.config.site is None:
         ctx.result = {"state": str(StepState.PENDING), "summary": NO_SITE}
         raise StepPending(NO_SITE)

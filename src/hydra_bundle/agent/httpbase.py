@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .published import Published
+from .readiness import Readiness
 from .store import Store
 
 log = logging.getLogger("hydra_bundle.agent")
@@ -287,7 +288,10 @@ class StoreHandler(Handler):
         """Route the request; a bug or a failing store/journal read answers 500 (and is logged with what failed)
         instead of closing the connection without a word, which clients report as a protocol error."""
         try:
-            self._route()
+            if self.path.split("?", 1)[0] == "/healthz":  # before any credentials: a load balancer's probe
+                self._healthz()
+            else:
+                self._route()
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception as e:
@@ -300,3 +304,12 @@ class StoreHandler(Handler):
 
     def _route(self) -> None:
         raise NotImplementedError
+
+    def _healthz(self) -> None:
+        """200 with a small JSON body when this listener can serve what was published, 503 when not
+        (``readiness.py``)."""
+        r = self.srv.context.get("readiness")
+        if not isinstance(r, Readiness):
+            r = self.srv.context["readiness"] = Readiness(self.store)
+        ready, body = r.check(self.published)
+        self.reply_json(200 if ready else 503, body, {"Cache-Control": "no-store"})

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..bundle.index import BundleIndex
-from ..states import FINISHED, BundleState, StepState
+from ..states import FINISHED, LIFECYCLE_ENDED, BundleState, StepState
 from .db import Database
 from .fallback import FALLBACK_NAME, Fallback, failure_entry
 
@@ -160,7 +160,7 @@ class Journal:
         now = time.time()
         with self.db.tx() as c:
             prev = c.execute("SELECT state FROM bundles WHERE id=?", (bundle_id,)).fetchone()
-            if prev is not None and prev["state"] == BundleState.QUARANTINED:  # a good copy of one refused before
+            if prev is not None and prev["state"] in (BundleState.QUARANTINED, BundleState.REMOVED):  # start over
                 c.execute("DELETE FROM steps WHERE bundle_id=?", (bundle_id,))
             c.execute(
                 """INSERT INTO bundles(id, name, version, sequence, state, verified, source, signer, size, created,
@@ -244,9 +244,10 @@ class Journal:
         me = self.bundle(bundle_id)
         if me is None or me.name is None:
             return None
-        rows = self.db.query("SELECT * FROM bundles WHERE name=? AND id<>? AND verified=1 AND state<>? AND "
-                             "received_at>? ORDER BY received_at DESC LIMIT 1",
-                             (me.name, bundle_id, BundleState.QUARANTINED, me.received_at or 0))
+        gone = (BundleState.QUARANTINED, *LIFECYCLE_ENDED)  # refused, removed, or rolled back from
+        rows = self.db.query("SELECT * FROM bundles WHERE name=? AND id<>? AND verified=1 AND state NOT IN "
+                             f"({','.join('?' * len(gone))}) AND received_at>? ORDER BY received_at DESC LIMIT 1",
+                             (me.name, bundle_id, *gone, me.received_at or 0))
         return _bundle(rows[0]) if rows else None
 
     def max_sequence(self, name: str, exclude: str) -> int | None:
@@ -364,3 +365,13 @@ class Journal:
         entry = failure_entry(step, reason, detail, step_detail)
         self.unrecorded[bundle_id] = entry
         return self.fallback.write(bundle_id, entry)
+
+
+REMOVE_PREFIX = "remove:"   # the steps of `agent remove` (agent/remove.py)
+
+
+def removing(j: Journal, bundle_id: str) -> bool:
+    """Has ``agent remove`` started on this bundle and not finished (its steps must not be replanned away)?"""
+    rows = j.db.query(f"SELECT 1 FROM steps WHERE bundle_id=? AND name LIKE ? AND state NOT IN "
+                      f"({','.join('?' * len(FINISHED))}) LIMIT 1", (bundle_id, REMOVE_PREFIX + "%", *FINISHED))
+    return bool(rows)

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import PipelineBusy
+
 PIPELINE_LOCK = "pipeline.lock"
 _OWNER_BYTES = 512                    # the lock file's owner record
 
@@ -30,10 +32,22 @@ class PipelineLock:
         self._fd: int | None = None
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, wait: bool = True) -> Iterator[None]:
+        """Hold the lock for the body. ``wait=False``: :class:`PipelineBusy` at once when another run holds it
+        (operator commands that must not queue behind a long run: ``agent remove``, ``agent rollback``)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                try:
+                    who = padded_json(os.pread(fd, _OWNER_BYTES, 0)) or {}
+                except (OSError, ValueError):
+                    who = {}
+                what = f"bundle {who['bundle'][:19]} (pid {who.get('pid')})" if isinstance(who, dict) and \
+                    who.get("bundle") else "a run"
+                raise PipelineBusy(f"another run holds {self.path} ({what}); try again once it ends "
+                                   f"(`hydra-bundle agent status` shows it)") from None
             self._fd = fd
             self.owner(None)  # whatever a killed holder left there is not true any more
             try:

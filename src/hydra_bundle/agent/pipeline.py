@@ -39,11 +39,11 @@ from ..bundle.reader import OpenBundle, open_bundle
 from ..digest import sha256_bytes
 from ..disk import disk_full
 from ..errors import Cancelled, VerifyError
-from ..states import FINISHED, BundleState, Outcome
-from . import deploy, ingest, preflight, publish, push, upgrade
+from ..states import FINISHED, LIFECYCLE_ENDED, BundleState, Outcome
+from . import changes, deploy, ingest, permits, preflight, publish, push, upgrade
 from .config import AgentConfig
 from .db import Database
-from .journal import Journal
+from .journal import Journal, removing
 from .lock import PipelineLock
 from .published import Published
 from .quarantine import quarantine
@@ -148,6 +148,11 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id)
             if row.state in (BundleState.COMPLETE, BundleState.QUARANTINED):
                 return Result(Outcome(row.state), bundle_id)
+            if row.state in LIFECYCLE_ENDED or removing(self.journal, bundle_id):  # only `agent remove` goes on
+                return Result(Outcome.WAITING, bundle_id, row.name, row.version, str(row.state),
+                              "rolled back from: `hydra-bundle agent rollback --to` returns to it"
+                              if row.state == BundleState.ROLLED_BACK else
+                              "removed or being removed: `hydra-bundle agent remove` finishes it")
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             src = Path(row.source) if row.source else None
             try:
@@ -169,6 +174,9 @@ class Pipeline:
                 return Result(Outcome.UNKNOWN, bundle_id, detail="not an admitted bundle")
             if row.index_json is None or row.state == BundleState.QUARANTINED:
                 return Result(Outcome.QUARANTINED, bundle_id, detail="not an admitted bundle")
+            if row.state in (BundleState.REMOVING, BundleState.REMOVED) or removing(self.journal, bundle_id):
+                return Result(Outcome.WAITING, bundle_id, row.name, row.version, str(row.state),
+                              "the bundle is removed (or being removed): drop the bundle file to install it again")
             steps = {s.name: s.state for s in self.journal.steps(bundle_id)}
             if steps.get("publish") not in FINISHED:
                 return Result(_as_outcome(row.state), bundle_id, row.name, row.version, "not-ingested",
@@ -187,6 +195,11 @@ class Pipeline:
                 res = self._journal_failed(e, bundle_id)
         self.on_result(res)
         return res
+
+    def run_admitted(self, bundle_id: str, index: BundleIndex) -> Result:
+        """Run the unfinished steps of an admitted bundle as an operator's explicit command (``agent rollback``:
+        the caller holds the lock and has reset the steps to run)."""
+        return self._run(bundle_id, index, None, None, explicit=True)
 
     # ---------------------------------------------------------------- internals
 
@@ -218,7 +231,7 @@ class Pipeline:
                 self._admission_checks(ob, bid)
             except VerifyError as e:
                 return self._refuse(path, st, ob, bid, e, [])
-            if row is None or row.state == BundleState.QUARANTINED:
+            if row is None or row.state in (BundleState.QUARANTINED, BundleState.REMOVED):
                 names = [d.name for d in step_defs(idx, self.config)]
                 self.journal.admit(bid, idx, ob.index_bytes, str(path), ob.signer, names)
                 log.info("bundle admitted", extra={"kv": {"bundle": idx.name, "version": idx.version,
@@ -305,7 +318,7 @@ class Pipeline:
             raise VerifyError("expired", f"bundle expired at {idx.expires} (freeze attack protection)")
         top = self.journal.max_sequence(idx.name, bid)
         if top is not None and idx.sequence < top:
-            if not self.config.allow_downgrade:
+            if not self.config.allow_downgrade and permits.open_permit(self.journal, bid, idx.name) is None:
                 raise VerifyError("downgrade", f"sequence {idx.sequence} is lower than {top} already accepted for "
                                   f"{idx.name} (set allow_downgrade: true to accept a rollback)")
             log.warning("downgrade allowed", extra={"kv": {"bundle": idx.name, "sequence": idx.sequence,
@@ -331,7 +344,8 @@ class Pipeline:
             raise VerifyError("expired", f"bundle expired at {idx.expires} before it was published (freeze attack "
                               "protection)")
         top = self.journal.max_published_sequence(idx.name, bid)
-        if top is not None and idx.sequence < top and not self.config.allow_downgrade:
+        if top is not None and idx.sequence < top and not self.config.allow_downgrade and \
+                permits.open_permit(self.journal, bid, idx.name) is None:  # `agent rollback`: one-time permit
             raise VerifyError("downgrade", f"sequence {idx.sequence} is lower than {top}, which the site already "
                               f"serves for {idx.name}: not published (set allow_downgrade: true to accept a rollback)")
 
@@ -353,6 +367,11 @@ class Pipeline:
                 self.journal.replan(bid, [d.name for d in step_defs(idx, self.config)])
                 return Result(Outcome.UNSETTLED, bid, idx.name, idx.version, e.reason, e.detail)
             return self._refuse(path, st, ob, bid, e, ctx.added)
+        try:  # published: a downgrade permit is used up; a move of the name is recorded (agent history)
+            permits.consume_if_published(self.journal, bid)
+            changes.after_run(self.journal, bid)
+        except sqlite3.Error as e:
+            log.warning("cannot record the change", extra={"kv": {"digest": bid, "error": str(e)}})
         try:
             if out.state == Outcome.COMPLETE and path is not None and st is not None:
                 self._done_with_drop(path, st, bid, Outcome.COMPLETE)

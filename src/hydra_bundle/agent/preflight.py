@@ -53,6 +53,8 @@ def run(ctx: StepContext) -> str:
     if newer is not None:
         raise SkipStep(f"superseded by {newer.name} {newer.version} (received later): its own preflight checks the "
                        "site")
+    if not ctx.config.apply:
+        raise SkipStep(deploy.APPLY_ELSEWHERE)
     cfg = ctx.config
     store = store_info(cfg.store_dir, ctx.index, cfg.limits.min_free_bytes)
     if cfg.site is None:

@@ -115,6 +115,35 @@ class Published:
             if before_commit is not None:
                 before_commit()
 
+    def unpublish(self, bundle_ids: list[str], blobs: set[str],
+                  before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
+        """Stop serving what ``bundle_ids`` published, in one transaction: their tags and model/file paths, and
+        ``blobs`` (the caller leaves out those other served bundles still need). ``before_commit`` as in
+        :meth:`publish`. Returns (references, paths, blobs) removed; the content store keeps the files."""
+        marks = ",".join("?" * len(bundle_ids))
+        with self.db.tx() as c:
+            refs = c.execute(f"DELETE FROM refs WHERE bundle_id IN ({marks})", bundle_ids).rowcount
+            paths = c.execute(f"DELETE FROM paths WHERE bundle_id IN ({marks})", bundle_ids).rowcount
+            gone = sum(c.execute("DELETE FROM blobs WHERE digest=?", (d,)).rowcount for d in sorted(blobs))
+            if before_commit is not None:
+                before_commit()
+        return refs, paths, gone
+
+    def serving(self) -> set[str]:
+        """Ids of the bundles whose tags or model/file paths are served now."""
+        return {r["bundle_id"] for r in self.db.query("SELECT bundle_id FROM refs UNION SELECT bundle_id FROM paths")}
+
+    def served_by(self, bundle_ids: list[str]) -> tuple[list[str], list[str]]:
+        """What ``bundle_ids`` serve now: ``repo:tag`` references (digest-only ones as ``repo@sha256:…``) and
+        ``/area/name/`` model and file paths."""
+        marks = ",".join("?" * len(bundle_ids))
+        refs = [f"{r['repo']}{'' if r['tag'].startswith('@') else ':'}{r['tag']}" for r in self.db.query(
+            f"SELECT repo, tag FROM refs WHERE bundle_id IN ({marks}) ORDER BY repo, tag", tuple(bundle_ids))]
+        paths = [f"/{r['area']}/{r['name']}/" for r in self.db.query(
+            f"SELECT DISTINCT area, name FROM paths WHERE bundle_id IN ({marks}) ORDER BY area, name",
+            tuple(bundle_ids))]
+        return refs, paths
+
     def layout_manifests(self) -> list[dict[str, Any]]:
         """Descriptors for the store's index.json: one per published reference, annotated with its ref name."""
         rows = self.db.query("SELECT r.ref, r.digest, r.media_type, r.kind, b.size FROM refs r "

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from . import journal, published
+from . import changes, journal, permits, published
 from .db import Database
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -30,6 +30,8 @@ MIGRATIONS: list[Migration] = [
     _tables,                       # 1: the journal's and the published view's tables
     journal.add_step_results,      # 2: steps.result
     published.rename_to_site_names,  # 3: repositories keep their upstream host
+    permits.add_permits,           # 4: one-time downgrade permits (agent rollback)
+    changes.add_changes,           # 5: who moved a bundle name where (agent history)
 ]
 VERSION = len(MIGRATIONS)
 

@@ -19,7 +19,7 @@ import socket
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -256,7 +256,7 @@ class Kube:
             return False
         return True
 
-    def merge_patch_labels(self, api_version: str, kind: str, name: str, labels: dict[str, str],
+    def merge_patch_labels(self, api_version: str, kind: str, name: str, labels: Mapping[str, str | None],
                            deadline: Deadline | None = None) -> None:
         res = self.resource(api_version, kind, deadline)
         self.call(f"label {kind} {name}", lambda: self.dyn.patch(

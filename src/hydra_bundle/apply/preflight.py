@@ -123,7 +123,9 @@ def run_checks(needs: Needs, site: SiteConfig | None, rt: Runtime | None, store:
         except ApplyError as e:   # the API server did not answer (or the kubeconfig does not load)
             hint = ("check site.kubeconfig (or in_cluster) and that the API server answers from the agent host"
                     if isinstance(e, TransientError) or "kubeconfig" in str(e) else None)
-            r.checks += [Check(n, CheckStatus.FAIL, f"cannot ask the cluster: {brief(e)}", hint) for n in cluster]
+            r.checks.append(Check(cluster[0], CheckStatus.FAIL, f"cannot ask the cluster: {brief(e)}", hint))
+            r.checks += [Check(n, CheckStatus.SKIP, f"cannot check: the cluster did not answer (see {cluster[0]})")
+                         for n in cluster[1:]]
         r.checks.append(_mysql(needs, site))
     r.checks.append(_store(needs, store))
     r.checks.append(_nfs(needs, site, no_site))

@@ -126,16 +126,30 @@ def _result_lines(res: dict[str, Any], verbose: bool) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
 def history_cmd(config_path: Path | None, limit: int, as_json: bool) -> None:
-    """Recent events: received, steps, quarantined, complete, duplicates."""
+    """Recent events: received, steps, quarantined, complete, duplicates; and who moved which bundle where
+    (install, upgrade, rollback, remove: operator, from and to version, time)."""
+    from ..agent.changes import changes
+
     cfg = load_config(config_path)
     _, j = open_journal(cfg)
     events = j.history(limit)
+    moves = changes(j, limit=limit) if _has_changes(j) else []
     if as_json:
-        emit_json({"events": events})
+        emit_json({"events": events, "changes": [c.json() for c in moves]})
         return
+    if moves:
+        _echo_printable("changes (who went where):")
+        for c in moves:
+            _echo_printable("  " + c.text())
+        _echo_printable("events:")
     for e in events:
         who = f"{e['name'] or '?'} {e['version'] or ''}".strip()
         _echo_printable(f"{e['at']}  {who:<30} {e['event']}" + (f"  {e['detail']}" if e["detail"] else ""))
+
+
+def _has_changes(j: Any) -> bool:
+    """A journal an older agent wrote (opened read-only, not migrated) has no ``changes`` table."""
+    return bool(j.db.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='changes'"))
 
 
 @agent_group.command("inventory")
@@ -169,9 +183,10 @@ def inventory_cmd(config_path: Path | None, out: Path) -> None:
 
 def _register() -> None:
     from .apply_cmds import apply_cmd, ca_cmd, mirror_config_cmd, plan_cmd
+    from .lifecycle_cmds import remove_cmd, rollback_cmd
     from .preflight_cmd import preflight_cmd
 
-    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd, preflight_cmd):
+    for cmd in (plan_cmd, apply_cmd, mirror_config_cmd, ca_cmd, preflight_cmd, remove_cmd, rollback_cmd):
         agent_group.add_command(cmd)
 
 

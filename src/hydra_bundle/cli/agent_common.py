@@ -10,8 +10,8 @@ import click
 from ..agent.config import CONFIG_ENV, DEFAULT_CONFIG, AgentConfig
 from ..agent.db import Database
 from ..agent.journal import BundleRow, Journal
-from ..errors import UsageError
-from ..states import BundleState
+from ..errors import UnknownBundle, UsageError
+from ..states import LIFECYCLE_ENDED, BundleState
 
 config_option = click.option(
     "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -28,7 +28,8 @@ def open_journal(cfg: AgentConfig) -> tuple[Database, Journal]:
 
 
 def find_bundle(j: Journal, ref: str, version: str | None = None) -> BundleRow:
-    """A bundle by name (the highest sequence not refused; ``version`` picks one), or by digest (prefix)."""
+    """A bundle by name (the highest sequence not refused, preferring what the site runs over versions removed or
+    rolled back from; ``version`` picks one), or by digest (prefix)."""
     rows = [r for r in j.bundles() if r.index_json is not None]
     hexref = ref.removeprefix("sha256:").lower()
     if len(hexref) >= 7 and all(c in "0123456789abcdef" for c in hexref):
@@ -40,5 +41,5 @@ def find_bundle(j: Journal, ref: str, version: str | None = None) -> BundleRow:
     if not named:
         known = sorted({f"{r.name} {r.version}" for r in rows if r.state != BundleState.QUARANTINED})
         what = f"{ref} {version}" if version else ref
-        raise UsageError(f"no bundle {what!r} on this site" + (f" (known: {', '.join(known)})" if known else ""))
-    return max(named, key=lambda r: (r.sequence or 0, r.received_at or 0))
+        raise UnknownBundle(f"no bundle {what!r} on this site" + (f" (known: {', '.join(known)})" if known else ""))
+    return max(named, key=lambda r: (r.state not in LIFECYCLE_ENDED, r.sequence or 0, r.received_at or 0))

@@ -7,7 +7,6 @@ import json
 import shlex
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ import click
 from ..agent.config import AgentConfig, load_config
 from ..agent.deploy import NO_SITE_SHORT, PREFIX
 from ..apply.site import SiteConfig
-from ..bundle.index import BundleIndex
 from ..errors import UsageError
-from ..oci.layout import blob_path
 from ..states import Outcome
 from .agent_common import config_option, find_bundle, open_journal
+from .bundle_source import from_file, from_journal
 from .common import emit_json, handle_errors
 
 
@@ -30,84 +28,43 @@ def _site(cfg: AgentConfig, what: str) -> SiteConfig:
     return cfg.site
 
 
-def _store_reader(cfg: AgentConfig) -> Callable[[str], bytes | None]:
-    """Blobs already in the content store (read-only: a plan never creates state)."""
-    def read(digest: str) -> bytes | None:
-        try:
-            return blob_path(cfg.store_dir, digest).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-    return read
-
-
-def _from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
-    """Verify the signature first, then read the manifest blobs straight from the bundle (each digest checked)
-    unless the store already has them."""
-    from ..bundle.reader import open_bundle
-
-    stored = _store_reader(cfg)
-    blobs: dict[str, bytes] = {}
-    with open_bundle(path, cfg.public_keys()) as ob:
-        idx = ob.index
-        need = {m.file.digest for m in idx.components.manifests}
-        for d in list(need):
-            data = stored(d)
-            if data is not None:
-                blobs[d] = data
-                need.discard(d)
-        for m in ob.members() if need else ():
-            if m.digest in need:
-                buf = bytearray()
-                m.read_into(buf.extend)
-                blobs[m.digest] = bytes(buf)
-                need.discard(m.digest)
-                if not need:
-                    break
-        info: dict[str, Any] = {"digest": ob.digest, "signer": ob.signer, "file": str(path)}
-
-    def read(digest: str) -> bytes:
-        try:
-            return blobs[digest]
-        except KeyError:
-            raise UsageError(f"{digest} is not in the bundle") from None
-    return idx, ob.digest, info, read
-
-
-def _from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
-    _, j = open_journal(cfg)
-    row = find_bundle(j, ref)
-    stored = _store_reader(cfg)
-
-    def read(digest: str) -> bytes:
-        data = stored(digest)
-        if data is None:
-            raise UsageError(f"{digest} is not in the content store ({row.name} {row.version} is not ingested yet: "
-                             f"give the bundle file instead)")
-        return data
-    states = {s.name: s.state for s in j.steps(row.id)}
-    return row.index(), row.id, {"digest": row.id, "signer": row.signer, "state": row.state, "steps": states}, read
-
-
 @click.command("plan")
 @click.argument("bundle")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (steps with their actions, in order).")
 @click.option("--offline", is_flag=True, help="Do not ask the cluster whether chart releases would be installed or "
                                               "upgraded (and with which values changes).")
+@click.option("--remove", "removal", is_flag=True, help="Preview `agent remove BUNDLE` (a name) instead.")
+@click.option("--purge", is_flag=True, help="With --remove: preview `agent remove --purge`.")
+@click.option("--to", "to_version", default=None, metavar="VERSION",
+              help="Preview `agent rollback BUNDLE --to VERSION`: the rollback and the apply plan of VERSION.")
 @handle_errors
-def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool) -> None:
+def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool, removal: bool, purge: bool,
+             to_version: str | None) -> None:
     """Every action the apply steps would take for BUNDLE on this site, in order; nothing is done.
 
     BUNDLE is a bundle file (its signature is verified first; it need not be ingested) or the name of a bundle
     the agent has admitted. Chart steps say what they would do now (install, or upgrade with the values diff),
-    read from the cluster (nothing is changed there)."""
+    read from the cluster (nothing is changed there). With --remove, what `agent remove` would do; with --to,
+    what `agent rollback` would do."""
     from ..apply.plan import build_plan
     from ..apply.runtime import Runtime
 
     cfg = load_config(config_path)
+    if removal:
+        from .lifecycle_cmds import plan_remove
+
+        plan_remove(cfg, bundle, purge, as_json)
+        return
+    rollback: tuple[str, dict[str, Any], str] | None = None
+    if to_version is not None:
+        from .lifecycle_cmds import rollback_target
+
+        rollback = rollback_target(cfg, bundle, to_version)
+        bundle = rollback[0]
     site = _site(cfg, "agent plan")
     path = Path(bundle)
-    idx, bid, info, read = _from_file(cfg, path) if path.is_file() else _from_journal(cfg, bundle)
+    idx, bid, info, read = from_file(cfg, path) if path.is_file() else from_journal(cfg, bundle)
     ap = build_plan(idx, site, read, digest=bid)
     if not offline:
         rt = Runtime(site, ap.bundle)
@@ -127,12 +84,16 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
         if pre is not None:
             doc["preflight"] = pre
         doc["bundle"].update(sequence=idx.sequence, **{k: v for k, v in info.items() if k != "steps"})
+        if rollback is not None:
+            doc["rollback"] = rollback[1]
         for st in doc["steps"]:
             st["journalStep"] = PREFIX + st["name"]
             if "steps" in info:
                 st["journalState"] = info["steps"].get(PREFIX + st["name"])
         emit_json(doc)
         return
+    if rollback is not None:
+        click.echo(rollback[2])
     click.echo(f"bundle {idx.name} {idx.version} (sequence {idx.sequence}) {bid}, signed by {info['signer']}"
                + (f"; on this site: {info['state']}" if info.get("state") else ""))
     if pre is not None:
@@ -187,17 +148,22 @@ def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Pat
 @click.option("--json", "as_json", is_flag=True, help="Print {path: content} as JSON.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the files under DIR (DIR/etc/containerd/certs.d/…) instead of printing them.")
+@click.option("--endpoint", "endpoints", multiple=True, metavar="[http(s)://]HOST[:PORT][/PREFIX]",
+              help="A registry serving the same bundles (each agent of the site): repeat it, in the order nodes "
+                   "try them; the upstream registry comes last. Default: site.registry alone.")
 @handle_errors
-def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None) -> None:
+def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None,
+                      endpoints: tuple[str, ...] = ()) -> None:
     """Registry-mirror snippets for the nodes: every upstream registry of the published images resolves to the
     site registry (images Hydra references at runtime, e.g. the vllm-openai CPU image, included).
 
     Printed as `# ==> PATH <==` headers followed by the file content (each file is valid TOML)."""
     from ..agent.published import Published
-    from ..apply.mirrors import CRIO_FILE, site_mirror_files
+    from ..apply.mirrors import CRIO_FILE, parse_endpoints, site_mirror_files
 
     cfg = load_config(config_path)
     site = _site(cfg, "agent mirror-config")
+    chosen = parse_endpoints(endpoints or [site.registry], site.registry_scheme)
     db, _ = open_journal(cfg)
     refs = Published(db).image_refs()
     if not refs:
@@ -212,13 +178,14 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
     if site.registry_auth is not None:
         auths = json.loads(site.registry_auth.dockerconfigjson(site.registry.partition("/")[0]))["auths"]
         authorization = "Basic " + next(iter(auths.values()))["auth"]
-    files = site_mirror_files(refs, site.registry, site.registry_scheme, site.registry_skip_verify, ca_pem,
-                              authorization)
+    files = site_mirror_files(refs, chosen[0].registry, chosen[0].scheme, site.registry_skip_verify, ca_pem,
+                              authorization, chosen[1:])
     if fmt != "all":
         files = {p: c for p, c in files.items()
                  if (p == CRIO_FILE or p.startswith("/etc/containers/")) == (fmt == "crio")}
     if as_json:
-        emit_json({"registry": site.registry, "files": files})
+        emit_json({"registry": site.registry, "files": files,
+                   "endpoints": [f"{e.scheme}://{e.registry}" for e in chosen]})
         return
     if output_dir is not None:
         for p, content in files.items():

@@ -21,6 +21,7 @@ from ..bundle.index import BundleIndex
 from ..errors import UsageError
 from ..k8s.objects import BundleInfo
 from .agent_common import config_option, find_bundle, open_journal
+from .bundle_source import from_file, store_reader
 from .common import emit_json, handle_errors
 
 ReadBlob = Callable[[str], bytes]
@@ -63,16 +64,14 @@ def _load(cfg: AgentConfig, bundle: str, version: str | None
           ) -> tuple[BundleIndex, str, dict[str, Any], ReadBlob | None]:
     """(index, digest, info, manifest reader) of a bundle file (verified) or of an admitted bundle; the reader is
     None when the bundle's manifests are not in the store yet (not ingested)."""
-    from .apply_cmds import _from_file, _store_reader
-
     path = Path(bundle)
     if path.is_file():
-        return _from_file(cfg, path)
+        return from_file(cfg, path)
     db, j = open_journal(cfg)
     row = find_bundle(j, bundle, version)
     db.close()
     idx = row.index()
-    stored = _store_reader(cfg)
+    stored = store_reader(cfg)
     if any(stored(m.file.digest) is None for m in idx.components.manifests):
         return idx, row.id, {"digest": row.id, "state": row.state}, None
 
