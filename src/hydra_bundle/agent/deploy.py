@@ -201,6 +201,8 @@ def run(ctx: StepContext, name: str) -> str:
         res.notes.append("map the gateway domain on the worker nodes and on computers with a browser "
                          "(runbook): " + "; ".join(f"echo '{h}' | sudo tee -a /etc/hosts" for h in hosts))
     ctx.result = res.json()
+    if step.choices:   # optional/when decisions and the site values files (with sha256) this run used
+        ctx.result["choices"] = step.choices
     if res.state == StepState.SKIPPED:
         raise SkipStep(res.summary)
     if res.state == StepState.PENDING:

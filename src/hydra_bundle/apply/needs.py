@@ -211,6 +211,8 @@ def needs_of(plan: ApplyPlan, index: BundleIndex, chart_bytes: ChartBytes) -> Ne
 
     for s in plan.steps:
         step = journal + s.name
+        if s.off is not None:   # will not run on this site (optional, not enabled; when: false): needs nothing
+            continue
         if isinstance(s, ManifestsStep):
             for p in s.objects:
                 use(p.obj, step)

@@ -16,11 +16,13 @@ from ..k8s.kinds import default_api_version
 from ..k8s.manifests import parse_manifests, substitute_data
 from ..k8s.objects import MANAGED_BY, MANAGED_BY_LABEL, BundleInfo, ObjKey, mark_ours, namespace_object
 from ..spec.deploy import DeploySpec, SqlSeed, TlsSecret
+from .choices import condition_text, decide, unmatched_site_names, values_json, values_lines
 from .release import HelmRelease, chart_values
 from .rewrite import add_pull_secret, chart_site_repository, pull_secret, rewrite_workload_images
 from .runtime import Runtime
 from .site import SiteConfig
-from .step import WHEN_TEXT, Action, ApplyStep
+from .sitevalues import overlay
+from .step import Action, ApplyStep
 from .steps import (
     ChartStep,
     KubeStep,
@@ -50,7 +52,7 @@ class ApplyPlan:
         """Ask the cluster what each chart step would do now (install, upgrade with the values diff, nothing);
         a cluster that does not answer is noted, not an error."""
         for s in self.steps:
-            if isinstance(s, ChartStep):
+            if isinstance(s, ChartStep) and s.off is None:   # a step that is off here would do nothing
                 try:
                     self.now[s.name] = s.preview(rt)
                 except (ApplyError, Cancelled) as e:
@@ -61,6 +63,7 @@ class ApplyPlan:
         steps = []
         for s in self.steps:
             d = s.describe()
+            d.update(values_json(s))
             if s.name in self.now:
                 d["now"] = self.now[s.name].json()
             steps.append(d)
@@ -72,11 +75,11 @@ class ApplyPlan:
         if not self.steps:
             lines.append("  nothing to apply (the spec has no deploy steps)")
         for i, s in enumerate(self.steps, 1):
-            when = _when(s)
-            cond = f"  [only if {when}]" if when else ""
+            cond = f"  [skipped: {s.off}]" if s.off else condition_text(s)
             lines.append(f"{i:>2}. {s.name} ({s.kind}, timeout {s.timeout:.0f}s){cond}")
-            for act in s.plan():
+            for act in ([] if s.off else s.plan()):
                 lines.append(f"      {act.op:<11} {act.target}" + (f"  ({act.detail})" if act.detail else ""))
+            lines += values_lines(s)
             if s.name in self.now:
                 lines.append(f"      {'now':<11} {self.now[s.name].detail}")
             lines += [f"      note        {n}" for n in s.notes]
@@ -95,10 +98,6 @@ def _first_error(e: ValueError) -> str:
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first.get("loc") or ())
         return f"{loc}: " + str(first.get("msg", e)).removeprefix("Value error, ")
     return ": " + str(e)
-
-
-def _when(s: ApplyStep) -> str | None:
-    return WHEN_TEXT.get(s.when)
 
 
 def _manifest_objects(index: BundleIndex, name: str, read_blob: ReadBlob, variables: dict[str, Any],
@@ -189,7 +188,6 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                     notes.append(f"{p.where}: {p.key} said app.kubernetes.io/managed-by={p.replaced_manager}; "
                                  f"it is managed by hydra-bundle now")
             step: ApplyStep = ManifestsStep(name, objs, wait=st.wait, **common)
-            keep += step.desired()
         elif st.label_nodes is not None:
             step = LabelNodesStep(name, st.label_nodes.labels, st.label_nodes.nodes,
                                   site_nodes=site.simulated_gpu_nodes, **common)
@@ -203,6 +201,7 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
             namespace = c.namespace or spec_c.get("namespace") or "default"
             values = chart_values(spec_c.get("values") or {}, c.values, c.image_values, c.registry_values,
                                   site.registry)
+            values, values_files = overlay(values, site.values, name, release)
             values = substitute_data(values, variables, f"{where}.chart.values")
             repo = chart_site_repository(comp.source, comp.name, site.registry_prefix)
             chart_name = str(spec_c.get("chart") or (comp.source.rstrip("/").rsplit("/", 1)[-1]
@@ -220,7 +219,8 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                 pre += [mark_ours(pull_secret_object(s, namespace, site.registry_host), bundle)
                         for s in c.pull_secrets]
             step = ChartStep(name, rel, bundle=bundle, pre_objects=pre, **common)
-            keep += step.desired()
+            if values_files:
+                step.choices["valuesFiles"] = [vf.json() for vf in values_files]
         elif st.sql is not None:
             seed = SqlSeed.model_validate(substitute_data(st.sql.model_dump(), variables, f"{where}.sql"))
             step = SqlStep(name, seed, site_database=site.mysql.database if site.mysql else None, **common)
@@ -229,7 +229,6 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
             ds = substitute_data(ds, variables, f"{where}.warmup")
             step = WarmupStep(name, ds, mark_ours(namespace_object(st.warmup.namespace), bundle), wait=st.wait,
                               **common)
-            keep += step.desired()
         elif st.tls is not None:
             raw = substitute_data(st.tls.model_dump(), variables, f"{where}.tls")
             try:
@@ -240,7 +239,6 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
             step = TlsStep(name, tls.secret, tls.namespace, tls.hosts, bundle=bundle,
                            cert_file=files.cert_file if files else None, key_file=files.key_file if files else None,
                            **common)
-            keep += step.desired()
         else:
             assert st.wait_for is not None
             targets = []
@@ -254,8 +252,13 @@ def build_plan(index: BundleIndex, site: SiteConfig, read_blob: ReadBlob, *, dig
                 targets.append({"apiVersion": api_version, "kind": t.kind, "metadata": md})
             step = WaitForStep(name, targets, **common)
         step.notes = [str(substitute_data(n, variables, f"{where}.notes[{j}]")) for j, n in enumerate(st.notes)]
+        step.off, choices = decide(st, site)
+        step.choices.update(choices)
+        if step.off is None:   # what a step that is off here would own is not kept: prune removes it
+            keep += step.desired()
         steps.append(step)
+    notes += unmatched_site_names(deploy, site)
     if deploy.prune and any(isinstance(s, KubeStep) for s in steps):
-        releases = {s.release.key for s in steps if isinstance(s, ChartStep)}
+        releases = {s.release.key for s in steps if isinstance(s, ChartStep) and s.off is None}
         steps.append(PruneStep(bundle, keep, timeout=deploy.timeout or site.timeout, releases=releases))
     return ApplyPlan(bundle, steps, notes)

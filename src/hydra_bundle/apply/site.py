@@ -156,6 +156,32 @@ class SiteConfig(_Strict):
     simulated_gpu_nodes: list[str] = Field(
         [], description="nodes labelled for fake-gpu-operator when no GPU exists; default: every schedulable node")
     vars: dict[str, str | int | bool | list[str]] = Field({}, description="extra ${site.vars.NAME} variables")
+    enable: list[str] = Field([], description="optional deploy steps this site runs, by step name or by their "
+                                              "`feature` (e.g. istio: the Hydra spec's istio-base and istiod)")
+    values: dict[str, list[Path]] = Field(
+        {}, description="per-site values files by deploy step name or Helm release name, deep-merged in order "
+                        "over the chart's values from the bundle (apply/sitevalues.py)")
+
+    @field_validator("enable")
+    @classmethod
+    def _enable(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(dns_name(n, "enable: name") for n in v))
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values(cls, v: Any) -> Any:
+        if isinstance(v, dict):   # one file or a list of them
+            return {k: [f] if isinstance(f, str | Path) else f for k, f in v.items()}
+        return v
+
+    @field_validator("values")
+    @classmethod
+    def _values_keys(cls, v: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        for k, files in v.items():
+            dns_name(k, "values: key (a step or release name)")
+            if not files:
+                raise ValueError(f"values.{k}: list at least one file")
+        return v
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -208,6 +234,14 @@ class SiteConfig(_Strict):
 
     def model_url(self, model: str) -> str:
         return f"{self.file_server}/model/{model}/"
+
+    def facts(self) -> dict[str, Any]:
+        """What a deploy step's ``when:`` expression may name as ``site.*`` (``spec/when.py`` SITE_NAMES)."""
+        return {"cluster_name": self.cluster_name, "domain": self.domain, "registry": self.registry,
+                "registry_scheme": self.registry_scheme, "file_server": self.file_server,
+                "storage_class": self.storage_class, "in_cluster": self.in_cluster, "mysql": self.mysql is not None,
+                "metallb": self.metallb is not None, "tls": self.tls is not None, "enable": list(self.enable),
+                "vars": dict(self.vars)}
 
     def variables(self, bundle_name: str = "", bundle_version: str = "") -> dict[str, Any]:
         """Every ``${…}`` variable manifests and values may use."""

@@ -18,17 +18,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..k8s.objects import ObjKey
+from ..spec.when import parse_when
 from ..states import StepState
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 WHEN_TEXT = {"no-gpu": "no node advertises nvidia.com/gpu", "gpu": "some node advertises nvidia.com/gpu"}
+
+
+def when_text(when: str) -> str | None:
+    """How a plan shows a condition: the literals in words, an expression as written (None for ``always``)."""
+    return WHEN_TEXT.get(when) or (None if when == "always" else when)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class ApplyStep:
         self.when = when
         self.timeout = timeout
         self.notes: list[str] = []      # operator notes from the spec (``notes:``), site values substituted
+        self.off: str | None = None     # why the plan already knows the step will not run here (optional, when:)
+        self.choices: dict[str, Any] = {}   # optional/when/values-files decisions, journaled with the result
 
     def plan(self) -> list[Action]:
         raise NotImplementedError
@@ -107,15 +116,24 @@ class ApplyStep:
             out["when"] = self.when
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.off is not None:
+            out["skipped"] = self.off
+        if self.choices:
+            out["choices"] = self.choices
         return out
 
     def _action(self, op: str, target: str, detail: str = "") -> Action:
-        return Action(self.name, op, target, detail, WHEN_TEXT.get(self.when))
+        return Action(self.name, op, target, detail, when_text(self.when))
 
     def skipped(self, rt: Runtime) -> StepResult | None:
-        """A ``skipped`` result when the step's ``when`` condition does not hold here, else None."""
+        """A ``skipped`` result when the step is off on this site or its ``when`` condition does not hold, else
+        None."""
+        if self.off is not None:
+            return StepResult(StepState.SKIPPED, f"skipped: {self.off}")
         if self.when == "always":
             return None
+        if self.when not in WHEN_TEXT:
+            return self._expression_skip(rt)
         gpus = rt.gpu_nodes()
         why = None
         if self.when == "no-gpu" and gpus:
@@ -124,4 +142,29 @@ class ApplyStep:
         elif self.when == "gpu" and not gpus:
             why = "no node advertises nvidia.com/gpu"
         return StepResult(StepState.SKIPPED, f"skipped: {why}") if why else None
+
+    def _expression_skip(self, rt: Runtime) -> StepResult | None:
+        """A ``when:`` expression the plan could not decide from the site alone (it names ``gpu``)."""
+        cond = parse_when(self.when)
+        facts = rt.site.facts()
+        asked: dict[str, bool] = {}
+
+        def gpu() -> bool:
+            asked["gpu"] = bool(rt.gpu_nodes())
+            return asked["gpu"]
+
+        value = bool(cond.evaluate(facts, gpu))
+        self.choices["when"] = {"expression": cond.text, "site": cond.bindings(facts), "value": value, **asked}
+        if value:
+            return None
+        return StepResult(StepState.SKIPPED, f"skipped: when: {cond.text} is false here "
+                                             f"({shown_bindings(cond.bindings(facts), asked.get('gpu'))})")
+
+
+def shown_bindings(bindings: dict[str, Any], gpu: bool | None = None) -> str:
+    """``site.vars.mesh="dce", gpu=false``: the values a ``when:`` expression was decided on."""
+    parts = [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in bindings.items()]
+    if gpu is not None:
+        parts.append(f"gpu={json.dumps(gpu)}")
+    return ", ".join(parts) or "no site values"
 

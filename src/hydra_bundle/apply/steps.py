@@ -295,7 +295,7 @@ class ChartStep(KubeStep):
         deadline = Deadline(self.timeout)
         emit = _emit(progress, self.name)
         changes: list[str] = []
-        if self.when != "always" or self.pre_objects:
+        if self.when != "always" or self.off is not None or self.pre_objects:
             skip = self.skipped(rt)
             if skip:
                 return skip

@@ -18,6 +18,11 @@
       - warmup: qwen3-0.6b              # Dataset CR from the model's file-server URL; waits for READY
         notes: ["CPU inference: deployment parameters --dtype=half --max-model-len=8192"]  # shown by plan/status
       - tls: {secret: "${site.domain}", hosts: ["${site.domain}"]}   # kubernetes.io/tls Secret (site files or CA)
+      - chart: istiod
+        optional: true                  # only where the site enables it: site.enable: [istio] (or [chart-istiod])
+        feature: istio
+      - chart: metrics
+        when: "site.vars.tier == 'prod' and not gpu"   # an expression (spec/when.py): no code runs
       - wait_for: [{kind: Service, namespace: istio-system, name: gateway-istio}]
 
 Where things are on a site is the agent config's business (``apply/site.py``); manifests and values may use its
@@ -28,12 +33,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import UsageError
 from ..oci.reference import Reference
+from .when import Condition, parse_when
 
 _DNS1123 = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -264,7 +270,8 @@ class TlsSecret(_Strict):
 
 class DeployStep(_Strict):
     name: str | None = Field(None, description="unique; default derived from the action (manifests-<first>, …)")
-    when: Literal["always", "no-gpu", "gpu"] = "always"
+    when: str = Field("always", description="always | gpu | no-gpu | an expression over site.* and gpu "
+                                            "(spec/when.py), e.g. \"'istio' in site.enable\"")
     timeout: float | None = Field(None, description="duration (90s, 10m); default deploy.timeout or site.timeout")
     wait: bool = Field(True, description="wait for rollouts / Established / helm --wait / Dataset READY")
     # exactly one action:
@@ -277,6 +284,37 @@ class DeployStep(_Strict):
     tls: TlsSecret | None = None
     notes: list[str] = Field([], description="operator notes (``${site.*}`` allowed) shown by `agent plan` and, "
                                              "once the step is done or pending, by `agent status`")
+    # None (not False) by default so a spec that does not use them dumps as before and older agents still load it
+    optional: bool | None = Field(None, description="run only on sites that enable the step by its name or its "
+                                                    "`feature` (site.enable)")
+    feature: str | None = Field(None, description="the name site.enable uses for this optional step (several steps "
+                                                  "may share one, e.g. istio for istio-base and istiod)")
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_bool(cls, v: Any) -> Any:
+        return ("true" if v else "false") if isinstance(v, bool) else v   # YAML `when: false`
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, v: str) -> str:
+        return parse_when(v).text
+
+    @field_validator("feature")
+    @classmethod
+    def _feature(cls, v: str | None) -> str | None:
+        return None if v is None else dns_name(v, "feature name")
+
+    @property
+    def condition(self) -> Condition:
+        return parse_when(self.when)
+
+    def enabled_by(self, enable: list[str]) -> str | None:
+        """The ``site.enable`` name that turns this optional step on (its step name, then its feature), or None."""
+        for n in (self.step_name, self.feature):
+            if n is not None and n in enable:
+                return n
+        return None
 
     @field_validator("name")
     @classmethod
@@ -311,6 +349,8 @@ class DeployStep(_Strict):
             raise ValueError(f"a step needs exactly one of {', '.join(ACTIONS)} ({what})")
         if self.manifests is not None and not self.manifests:
             raise ValueError("manifests: list at least one manifest name")
+        if self.feature is not None and not self.optional:
+            raise ValueError("feature: only optional steps have one (add optional: true)")
         return self
 
     @property
