@@ -51,7 +51,14 @@ GC_POINTS = {
     "gc-mid-sweep": "the N-th unmarked blob was unlinked, the rest are still there",
     "gc-before-event": "every blob unlinked, the history event not yet written",
 }
-EVERY = {**POINTS, **SQL_POINTS, **GC_POINTS}
+# agent remove / rollback: their unpublish (tests/faults/test_remove_kill.py)
+REMOVE_POINTS = {
+    "unpublish-before-tx": "remove:unpublish started, nothing unpublished yet",
+    "unpublish-in-tx": "every row of the unpublish transaction deleted, store/index.json rewritten, before COMMIT",
+    "unpublish-after-commit": "unpublished (committed), the journal does not know the step is done",
+    "remove-before-removed": "every remove step is done, the bundles are not marked removed yet",
+}
+EVERY = {**POINTS, **SQL_POINTS, **GC_POINTS, **REMOVE_POINTS}
 
 _counts: dict[str, int] = {}
 _writing_index = False  # inside the publish step's rewrite of store/index.json
@@ -248,6 +255,7 @@ def install() -> None:
     pymysql.connections.Connection.commit = commit  # type: ignore[method-assign]
 
     _install_gc()
+    _install_remove()
 
 
 def _install_gc() -> None:
@@ -302,6 +310,55 @@ def _install_gc() -> None:
         orig_event(self, bundle_id, name, version, ev, detail)
 
     journal.Journal.event = event  # type: ignore[method-assign]
+
+
+def _install_remove() -> None:
+    from hydra_bundle.agent import journal, published, unpublish
+
+    orig_unpublish = unpublish.unpublish
+
+    def unpublish_(j: journal.Journal, *a: Any, **kw: Any) -> tuple[int, int, int]:
+        hit("unpublish-before-tx")
+        out = orig_unpublish(j, *a, **kw)
+        hit("unpublish-after-commit")
+        return out
+
+    unpublish.unpublish = unpublish_
+    for mod in _importers("unpublish", orig_unpublish):
+        mod.unpublish = unpublish_
+
+    orig_tx = published.Published.unpublish
+
+    def published_unpublish(self: published.Published, ids: list[str], blobs: set[str],
+                            before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
+        def hooked() -> None:
+            if before_commit is not None:
+                before_commit()
+            hit("unpublish-in-tx")  # rows deleted and index.json rewritten, COMMIT has not run
+        return orig_tx(self, ids, blobs, hooked)
+
+    published.Published.unpublish = published_unpublish  # type: ignore[method-assign]
+
+    orig_state = journal.Journal.set_state
+
+    def set_state(self: journal.Journal, bundle_id: str, state: str, *a: Any, **kw: Any) -> None:
+        if state == "removed":
+            hit("remove-before-removed")
+        orig_state(self, bundle_id, state, *a, **kw)
+
+    journal.Journal.set_state = set_state  # type: ignore[method-assign]
+
+
+def _importers(name: str, fn: Any) -> list[Any]:
+    """Modules that did ``from .unpublish import unpublish`` (they hold the original function)."""
+    import importlib
+
+    out = []
+    for m in ("hydra_bundle.agent.remove", "hydra_bundle.agent.rollback"):
+        mod = importlib.import_module(m)
+        if getattr(mod, name, None) is fn:
+            out.append(mod)
+    return out
 
 
 if __name__ == "__main__":
