@@ -196,6 +196,11 @@ def test_preflight_blocks_the_agent_until_the_site_is_fixed(
             assert steps["preflight"]["state"] == "pending" and steps["apply:manifests-cm"]["attempts"] == 0
             assert kube.get("v1", "ConfigMap", "pf-block", "default") is None
             assert "fail crds:" in agent.cli("status").stdout
+            by_name = agent.cli("preflight", "pf-block", "--json", check=False)   # admitted: from the store
+            assert by_name.returncode == 1, by_name.stdout + by_name.stderr
+            doc = json.loads(by_name.stdout)
+            assert doc["bundle"]["name"] == "pf-block" and doc["bundle"]["state"] == "waiting"
+            assert _checks(by_name.stdout)["crds"]["status"] == "fail"
             crd = json.loads(json.dumps(WIDGETS_CRD).replace("widget", "gadget"))
             kube.dyn.create(kube.resource("apiextensions.k8s.io/v1", "CustomResourceDefinition"), body=crd)
             res = agent.cli("apply", "pf-block", check=False)   # no waiting for the hour-long retry

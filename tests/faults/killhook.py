@@ -103,6 +103,24 @@ def hit(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def _before_commit(db: Any, point: str) -> Iterator[None]:
+    """While inside: every transaction of ``db`` reaches ``point`` after its last statement, before COMMIT."""
+    orig_tx = db.tx
+
+    @contextlib.contextmanager
+    def tx() -> Iterator[Any]:
+        with orig_tx() as c:
+            yield c
+            hit(point)
+
+    db.tx = tx
+    try:
+        yield
+    finally:
+        del db.tx
+
+
 def install() -> None:
     from hydra_bundle.agent import journal, published, store
     from hydra_bundle.bundle import reader
@@ -184,20 +202,8 @@ def install() -> None:
     orig_publish = published.Published.publish
 
     def publish(self: published.Published, *a: Any, **kw: Any) -> None:
-        db = self.db
-        orig_tx = db.tx
-
-        @contextlib.contextmanager
-        def tx() -> Iterator[Any]:
-            with orig_tx() as c:
-                yield c
-                hit("publish-in-tx")  # every row is written, COMMIT has not run
-
-        db.tx = tx  # type: ignore[method-assign]
-        try:
+        with _before_commit(self.db, "publish-in-tx"):  # every row is written, COMMIT has not run
             orig_publish(self, *a, **kw)
-        finally:
-            del db.tx
 
     published.Published.publish = publish  # type: ignore[method-assign]
 
@@ -265,20 +271,8 @@ def _install_gc() -> None:
 
     def unpublish(j: journal.Journal, *a: Any, **kw: Any) -> tuple[int, int]:
         hit("gc-before-tx")
-        db = j.db
-        orig_tx = db.tx
-
-        @contextlib.contextmanager
-        def tx() -> Iterator[Any]:
-            with orig_tx() as c:
-                yield c
-                hit("gc-in-tx")  # rows written and index.json rewritten, COMMIT has not run
-
-        db.tx = tx  # type: ignore[method-assign]
-        try:
+        with _before_commit(j.db, "gc-in-tx"):  # rows written and index.json rewritten, COMMIT has not run
             return orig_unpublish(j, *a, **kw)
-        finally:
-            del db.tx
 
     gc.unpublish = unpublish
 

@@ -194,6 +194,38 @@ def check_store(state: Path, sizes: dict[str, int] | None = None) -> list[str]:
     return bad
 
 
+
+def published_snapshot(state: Path) -> dict[str, Any]:
+    """Everything gc and remove change: bundle states, the published view, the store's blobs and index.json."""
+    return {
+        "states": sorted(journal(state, "SELECT id, state FROM bundles")),
+        "refs": sorted(journal(state, "SELECT repo, tag, digest, bundle_id FROM refs")),
+        "paths": sorted(journal(state, "SELECT area, name, path, digest, bundle_id FROM paths")),
+        "blobs": sorted(journal(state, "SELECT digest, size, bundle_id FROM blobs")),
+        "files": sorted(store_blobs(state)),
+        "index": json.loads((state / "store" / "index.json").read_bytes()),
+    }
+
+
+def copied_site(root: Path, pristine: Path, trusted_key: Path) -> AgentProc:
+    """An agent (not started) on a copy of the state dir ``pristine``."""
+    import shutil
+
+    agent = AgentProc(root, [trusted_key])
+    shutil.copytree(pristine, agent.state)
+    return agent
+
+
+def killhook_cli(agent: AgentProc, args: list[str], fault: str | None) -> subprocess.CompletedProcess[str]:
+    """``hydra-bundle agent ARGS --config …`` under the killhook, armed at ``fault`` (None: unarmed)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src")])}
+    env.pop("HYDRA_FAULT", None)
+    if fault:
+        env["HYDRA_FAULT"] = fault
+    return subprocess.run([*KILLHOOK, "agent", *args, "--config", str(agent.config)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
 def leftovers(root: Path) -> list[str]:
     """Temp files anywhere under the agent's dirs (store/tmp, *.tmp, *.part, *.partial)."""
     out = []

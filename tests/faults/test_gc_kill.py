@@ -7,9 +7,7 @@ uninterrupted one (blobs left behind by a kill after COMMIT are what it removes)
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,23 @@ import pytest
 
 from tests.faults.conftest import Keys
 from tests.faults.killhook import GC_POINTS
-from tests.faults.support import KILLHOOK, SEED, TIMEOUT, Tally, check_store, journal, leftovers, rng, store_blobs
+from tests.faults.support import (
+    SEED,
+    TIMEOUT,
+    Tally,
+    check_store,
+    copied_site,
+    killhook_cli,
+    leftovers,
+    published_snapshot,
+    rng,
+)
 from tests.support.agent import AgentProc, run_cli
 from tests.support.bundles import run_cli as build_cli
 from tests.support.bundles import write_spec
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _build(d: Path, key: Path, version: str, sequence: int, files: dict[str, bytes]) -> Path:
@@ -56,36 +63,13 @@ def pristine(fault_keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Path
     return agent.state
 
 
-def _snapshot(state: Path) -> dict[str, Any]:
-    """Everything a gc changes: bundle states, the published view, the store's blobs and index.json."""
-    return {
-        "states": sorted(journal(state, "SELECT id, state FROM bundles")),
-        "refs": sorted(journal(state, "SELECT repo, tag, digest, bundle_id FROM refs")),
-        "paths": sorted(journal(state, "SELECT area, name, path, digest, bundle_id FROM paths")),
-        "blobs": sorted(journal(state, "SELECT digest, size, bundle_id FROM blobs")),
-        "files": sorted(store_blobs(state)),
-        "index": json.loads((state / "store" / "index.json").read_bytes()),
-    }
-
-
-def _site(root: Path, pristine: Path, keys: Keys) -> AgentProc:
-    agent = AgentProc(root, [keys.pub])
-    shutil.copytree(pristine, agent.state)
-    return agent
-
-
 def _gc(agent: AgentProc, fault: str | None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-    env.pop("HYDRA_FAULT", None)
-    if fault:
-        env["HYDRA_FAULT"] = fault
-    return subprocess.run([*KILLHOOK, "agent", "gc", "--keep", "1", "--json", "--config", str(agent.config)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return killhook_cli(agent, ["gc", "--keep", "1", "--json"], fault)
 
 
 def _consistent(state: Path, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     bad = check_store(state)
-    now = _snapshot(state)
+    now = published_snapshot(state)
     if now["index"] not in (before["index"], after["index"]):  # rewritten inside the transaction, before COMMIT
         bad.append("store/index.json is neither the published view before gc nor after it")
     missing = [m["digest"] for m in now["index"]["manifests"] if m["digest"] not in now["files"]]
@@ -101,12 +85,12 @@ def _consistent(state: Path, before: dict[str, Any], after: dict[str, Any]) -> l
 
 
 def test_kill9_during_gc_leaves_a_consistent_store(pristine: Path, fault_keys: Keys, tmp_path: Path) -> None:
-    before = _snapshot(pristine)
-    ref_site = _site(tmp_path / "reference", pristine, fault_keys)
+    before = published_snapshot(pristine)
+    ref_site = copied_site(tmp_path / "reference", pristine, fault_keys.pub)
     res = _gc(ref_site, None)
     assert res.returncode == 0, res.stderr
     ref = json.loads(res.stdout)
-    after = _snapshot(ref_site.state)
+    after = published_snapshot(ref_site.state)
     assert len(ref["bundles"]) == 2 and ref["blobs"] >= 6 and ref["bytes"] > 0
     assert after["files"] != before["files"] and after["refs"] != before["refs"]
 
@@ -115,14 +99,14 @@ def test_kill9_during_gc_leaves_a_consistent_store(pristine: Path, fault_keys: K
               f"gc-mid-sweep@{ref['blobs']}"]
     tally = Tally("kill -9 during agent gc (then gc again)", na=("refused",))
     for k, point in enumerate(points):
-        site = _site(tmp_path / f"trial-{k:02d}", pristine, fault_keys)
+        site = copied_site(tmp_path / f"trial-{k:02d}", pristine, fault_keys.pub)
         got = _gc(site, point)
         assert got.returncode == -9, f"gc at {point} exited {got.returncode} (seed {SEED}): {got.stderr}"
         bad = _consistent(site.state, before, after)
         assert not bad, f"after a kill at {point} (seed {SEED}): {bad}"
         again = _gc(site, None)
         assert again.returncode == 0, again.stderr
-        assert _snapshot(site.state) == after, f"gc after a kill at {point} did not converge (seed {SEED})"
+        assert published_snapshot(site.state) == after, f"gc after a kill at {point} did not converge (seed {SEED})"
         assert leftovers(site.state) == []
         assert run_cli("agent", "status", "--config", str(site.config)).returncode == 0
         tally.trials += 1

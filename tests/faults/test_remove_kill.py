@@ -7,9 +7,7 @@ the bundle file ingested again then installs afresh."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,22 @@ import pytest
 
 from tests.faults.conftest import Keys
 from tests.faults.killhook import REMOVE_POINTS
-from tests.faults.support import KILLHOOK, SEED, TIMEOUT, Tally, check_store, journal, leftovers, store_blobs
+from tests.faults.support import (
+    SEED,
+    TIMEOUT,
+    Tally,
+    check_store,
+    copied_site,
+    killhook_cli,
+    leftovers,
+    published_snapshot,
+)
 from tests.support.agent import AgentProc, run_cli
 from tests.support.bundles import run_cli as build_cli
 from tests.support.bundles import write_spec
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(TIMEOUT)]
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "rmdemo"
 
 
@@ -55,35 +61,13 @@ def pristine(fault_keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return agent.state, built
 
 
-def _snapshot(state: Path) -> dict[str, Any]:
-    return {
-        "states": sorted(journal(state, "SELECT id, state FROM bundles")),
-        "refs": sorted(journal(state, "SELECT repo, tag, digest, bundle_id FROM refs")),
-        "paths": sorted(journal(state, "SELECT area, name, path, digest, bundle_id FROM paths")),
-        "blobs": sorted(journal(state, "SELECT digest, size, bundle_id FROM blobs")),
-        "files": sorted(store_blobs(state)),
-        "index": json.loads((state / "store" / "index.json").read_bytes()),
-    }
-
-
-def _site(root: Path, pristine: Path, keys: Keys) -> AgentProc:
-    agent = AgentProc(root, [keys.pub])
-    shutil.copytree(pristine, agent.state)
-    return agent
-
-
 def _remove(agent: AgentProc, fault: str | None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-    env.pop("HYDRA_FAULT", None)
-    if fault:
-        env["HYDRA_FAULT"] = fault
-    return subprocess.run([*KILLHOOK, "agent", "remove", NAME, "--json", "--config", str(agent.config)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return killhook_cli(agent, ["remove", NAME, "--json"], fault)
 
 
 def _consistent(state: Path, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     bad = check_store(state)
-    now = _snapshot(state)
+    now = published_snapshot(state)
     if now["index"] not in (before["index"], after["index"]):
         bad.append("store/index.json is neither the published view before remove nor after it")
     missing = [m["digest"] for m in now["index"]["manifests"] if m["digest"] not in now["files"]]
@@ -105,18 +89,18 @@ def _consistent(state: Path, before: dict[str, Any], after: dict[str, Any]) -> l
 def test_kill9_during_remove_leaves_a_consistent_store(pristine: tuple[Path, list[Path]], fault_keys: Keys,
                                                         tmp_path: Path) -> None:
     state, files = pristine
-    before = _snapshot(state)
-    ref_site = _site(tmp_path / "reference", state, fault_keys)
+    before = published_snapshot(state)
+    ref_site = copied_site(tmp_path / "reference", state, fault_keys.pub)
     res = _remove(ref_site, None)
     assert res.returncode == 0, res.stdout + res.stderr
-    after = _snapshot(ref_site.state)
+    after = published_snapshot(ref_site.state)
     assert after["refs"] == [] and after["paths"] == [] and {s for _, s in after["states"]} == {"removed"}
     assert before["refs"] and before["paths"]
 
     points = list(REMOVE_POINTS)
     tally = Tally("kill -9 during agent remove (then remove again)", na=("refused",))
     for k, point in enumerate(points):
-        site = _site(tmp_path / f"trial-{k:02d}", state, fault_keys)
+        site = copied_site(tmp_path / f"trial-{k:02d}", state, fault_keys.pub)
         got = _remove(site, point)
         assert got.returncode == -9, f"remove at {point} exited {got.returncode} (seed {SEED}): {got.stderr}"
         bad = _consistent(site.state, before, after)
@@ -125,13 +109,14 @@ def test_kill9_during_remove_leaves_a_consistent_store(pristine: tuple[Path, lis
         assert st.returncode == 0, st.stderr
         again = _remove(site, None)
         assert again.returncode == 0, again.stdout + again.stderr
-        assert _snapshot(site.state) == after, f"remove after a kill at {point} did not converge (seed {SEED})"
+        assert published_snapshot(site.state) == after, f"remove after a kill at {point} did not converge (seed {SEED})"
         assert leftovers(site.state) == []
         tally.trials += 1
         tally.converged += 1
     # a removed site takes the bundle again: the last trial's store, the newest file re-ingested
     res = site.cli("ingest", str(files[-1]), "--json")
-    assert json.loads(res.stdout)["state"] == "complete", res.stdout
-    assert _snapshot(site.state)["refs"] == [r for r in before["refs"] if r[3] == json.loads(res.stdout)["bundle"]]
+    again_id = json.loads(res.stdout)
+    assert again_id["state"] == "complete", res.stdout
+    assert published_snapshot(site.state)["refs"] == [r for r in before["refs"] if r[3] == again_id["bundle"]]
     tally.notes.append(f"points: {', '.join(points)}")
     tally.save()

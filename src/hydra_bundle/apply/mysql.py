@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 import pymysql.cursors
@@ -24,6 +24,8 @@ from ..retry import Deadline
 from ..spec.deploy import SeedTable, SqlSeed
 from .runtime import Runtime
 from .site import MySQLSite
+
+T = TypeVar("T")
 
 # connection-level failures worth retrying: can't connect, gone away, lost, too many connections, lock timeouts
 TRANSIENT_CODES = {1040, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
@@ -124,24 +126,46 @@ def seed(m: MySQLSite, s: SqlSeed, deadline: Deadline, rt: Runtime,
     db = target_database(m, s)
     total = sum(len(t.rows) for t in s.tables)
 
-    def attempt() -> tuple[list[str], int]:
+    def body(cur: Any) -> tuple[list[str], int]:
+        done = 0
+        changes: list[str] = []
+        unchanged = 0
+        for t in s.tables:
+            def tick(msg: str) -> None:
+                nonlocal done
+                done += 1
+                progress(msg, done, total)
+            c, u = _seed_table(cur, db, t, tick)
+            changes += c
+            unchanged += u
+        return changes, unchanged
+
+    def on_retry(note: str) -> None:
+        rt.log(note)
+        progress(note, 0, total)
+
+    try:
+        return in_transaction(m, db, body, deadline, rt.sleep, on_retry)
+    except pymysql.err.MySQLError as e:  # not transient
+        code = e.args[0] if e.args else "?"
+        hint = " (does the table exist? Hydra creates it)" if code == 1146 else ""
+        raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}{hint}") from None
+
+
+
+def in_transaction(m: MySQLSite, database: str | None, body: Callable[[Any], T], deadline: Deadline,
+                   sleep: Callable[[float], None], on_retry: Callable[[str], None]) -> T:
+    """``body(cursor)`` in one transaction on a fresh connection: committed when it returns, rolled back when it
+    raises. Connection failures are retried with the shared backoff until ``deadline`` (each retry announced
+    through ``on_retry``), then a :class:`TransientError`; other MySQL errors reach the caller."""
+    def attempt() -> T:
         conn = None
         try:
-            conn = connect(m, db)
-            done = 0
-            changes: list[str] = []
-            unchanged = 0
+            conn = connect(m, database)
             with conn.cursor() as cur:
-                for t in s.tables:
-                    def tick(msg: str) -> None:
-                        nonlocal done
-                        done += 1
-                        progress(msg, done, total)
-                    c, u = _seed_table(cur, db, t, tick)
-                    changes += c
-                    unchanged += u
+                out = body(cur)
             conn.commit()
-            return changes, unchanged
+            return out
         except BaseException:
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -152,22 +176,14 @@ def seed(m: MySQLSite, s: SqlSeed, deadline: Deadline, rt: Runtime,
                 with contextlib.suppress(Exception):
                     conn.close()
 
-    def on_retry(e: BaseException, seconds: float) -> None:
-        note = f"sql: {m.safe_dsn}: {_msg(e)}; retrying in {seconds:.1f}s"
-        rt.log(note)
-        progress(note, 0, total)
+    def retrying(e: BaseException, seconds: float) -> None:
+        on_retry(f"sql: {m.safe_dsn}: {_msg(e)}; retrying in {seconds:.1f}s")
 
     def give_up(e: BaseException, attempts: int) -> Exception:
         return TransientError(f"sql: {m.safe_dsn}: not reachable after {attempts} attempts: {_msg(e)}")
 
-    try:
-        return retry.call(attempt, transient=_is_transient, deadline=deadline, sleep=rt.sleep, on_retry=on_retry,
-                          give_up=give_up)
-    except pymysql.err.MySQLError as e:  # not transient
-        code = e.args[0] if e.args else "?"
-        hint = " (does the table exist? Hydra creates it)" if code == 1146 else ""
-        raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}{hint}") from None
-
+    return retry.call(attempt, transient=_is_transient, deadline=deadline, sleep=sleep, on_retry=retrying,
+                      give_up=give_up)
 
 def _msg(e: BaseException) -> str:
     if isinstance(e, pymysql.err.MySQLError) and len(e.args) >= 2:

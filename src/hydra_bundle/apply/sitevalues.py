@@ -77,12 +77,6 @@ def overlay(values: dict[str, Any], site_values: dict[str, list[Path]], step_nam
     return values, used
 
 
-def unused_keys(site_values: dict[str, list[Path]], chart_steps: list[tuple[str, str]]) -> list[str]:
-    """``site.values`` keys that match no chart step (step name, release) of this bundle (maybe another bundle's)."""
-    known = {n for pair in chart_steps for n in pair}
-    return [k for k in site_values if k not in known]
-
-
 def flat(values: Any, prefix: str = "") -> list[str]:
     """``a.b.c: value`` lines, one per leaf (lists and empty mappings are leaves), for ``agent plan``."""
     if isinstance(values, dict) and values:

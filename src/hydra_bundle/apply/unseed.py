@@ -5,16 +5,15 @@ creates them)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import pymysql.err
 
-from .. import retry
-from ..errors import ApplyError, TransientError
+from ..errors import ApplyError
 from ..retry import Deadline
 from ..spec.deploy import SqlSeed
-from .mysql import _is_transient, _msg, connect, q, target_database, to_db
+from .mysql import _msg, in_transaction, q, target_database, to_db
 from .site import MySQLSite
 
 
@@ -40,44 +39,22 @@ def delete_rows(m: MySQLSite, seeds: list[SqlSeed], deadline: Deadline, sleep: C
     was deleted."""
     rows = declared_rows(m, seeds)
 
-    def attempt() -> list[str]:
-        conn = None
-        try:
-            conn = connect(m, None)
-            done = []
-            with conn.cursor() as cur:
-                for db, table, key in rows:
-                    where = " AND ".join(f"{q(k)} <=> %s" for k in key)
-                    try:
-                        n = cur.execute(f"DELETE FROM {q(db)}.{q(table)} WHERE {where}",
-                                        [to_db(v) for v in key.values()])
-                    except pymysql.err.ProgrammingError as e:
-                        if e.args and e.args[0] == 1146:  # the table is gone: so are its rows
-                            continue
-                        raise
-                    if n:
-                        done.append(f"deleted {describe(db, table, key)}" + (f" ({n} rows)" if n > 1 else ""))
-            conn.commit()
-            return done
-        except BaseException:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.rollback()
-            raise
-        finally:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-
-    def on_retry(e: BaseException, seconds: float) -> None:
-        log(f"sql: {m.safe_dsn}: {_msg(e)}; retrying in {seconds:.1f}s")
-
-    def give_up(e: BaseException, attempts: int) -> Exception:
-        return TransientError(f"sql: {m.safe_dsn}: not reachable after {attempts} attempts: {_msg(e)}")
+    def body(cur: Any) -> list[str]:
+        done = []
+        for db, table, key in rows:
+            where = " AND ".join(f"{q(k)} <=> %s" for k in key)
+            try:
+                n = cur.execute(f"DELETE FROM {q(db)}.{q(table)} WHERE {where}", [to_db(v) for v in key.values()])
+            except pymysql.err.ProgrammingError as e:
+                if e.args and e.args[0] == 1146:  # the table is gone: so are its rows
+                    continue
+                raise
+            if n:
+                done.append(f"deleted {describe(db, table, key)}" + (f" ({n} rows)" if n > 1 else ""))
+        return done
 
     try:
-        return retry.call(attempt, transient=_is_transient, deadline=deadline, sleep=sleep, on_retry=on_retry,
-                          give_up=give_up)
+        return in_transaction(m, None, body, deadline, sleep, log)
     except pymysql.err.MySQLError as e:
         code = e.args[0] if e.args else "?"
         raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}") from None

@@ -58,9 +58,15 @@ def from_file(cfg: AgentConfig, path: Path) -> tuple[BundleIndex, str, dict[str,
     return idx, ob.digest, info, read
 
 
-def from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
-    _, j = open_journal(cfg)
-    row = find_bundle(j, ref)
+def from_journal(cfg: AgentConfig, ref: str, version: str | None = None
+                 ) -> tuple[BundleIndex, str, dict[str, Any], Callable[[str], bytes]]:
+    """An admitted bundle by name (``version`` picks one) or digest; its manifests are read from the store."""
+    db, j = open_journal(cfg)
+    try:
+        row = find_bundle(j, ref, version)
+        states = {s.name: s.state for s in j.steps(row.id)}
+    finally:
+        db.close()
     stored = store_reader(cfg)
 
     def read(digest: str) -> bytes:
@@ -69,5 +75,4 @@ def from_journal(cfg: AgentConfig, ref: str) -> tuple[BundleIndex, str, dict[str
             raise UsageError(f"{digest} is not in the content store ({row.name} {row.version} is not ingested yet: "
                              f"give the bundle file instead)")
         return data
-    states = {s.name: s.state for s in j.steps(row.id)}
     return row.index(), row.id, {"digest": row.id, "signer": row.signer, "state": row.state, "steps": states}, read

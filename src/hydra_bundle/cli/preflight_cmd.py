@@ -18,10 +18,9 @@ from ..apply.needs import Needs, needs_of, needs_offline
 from ..apply.plan import ApplyPlan, build_plan
 from ..apply.preflight import Report, run_checks
 from ..bundle.index import BundleIndex
-from ..errors import UsageError
 from ..k8s.objects import BundleInfo
-from .agent_common import config_option, find_bundle, open_journal
-from .bundle_source import from_file, store_reader
+from .agent_common import config_option
+from .bundle_source import from_file, from_journal, store_reader
 from .common import emit_json, handle_errors
 
 ReadBlob = Callable[[str], bytes]
@@ -67,20 +66,11 @@ def _load(cfg: AgentConfig, bundle: str, version: str | None
     path = Path(bundle)
     if path.is_file():
         return from_file(cfg, path)
-    db, j = open_journal(cfg)
-    row = find_bundle(j, bundle, version)
-    db.close()
-    idx = row.index()
+    idx, bid, info, read = from_journal(cfg, bundle, version)
     stored = store_reader(cfg)
     if any(stored(m.file.digest) is None for m in idx.components.manifests):
-        return idx, row.id, {"digest": row.id, "state": row.state}, None
-
-    def read(digest: str) -> bytes:
-        data = stored(digest)
-        if data is None:
-            raise UsageError(f"{digest} is not in the content store")
-        return data
-    return idx, row.id, {"digest": row.id, "state": row.state}, read
+        return idx, bid, info, None
+    return idx, bid, info, read
 
 
 @click.command("preflight")
@@ -103,7 +93,8 @@ def preflight_cmd(bundle: str, version: str | None, config_path: Path | None, as
         click.echo("note: the bundle's manifests are not in the store yet (not ingested): only what its index and "
                    "requirements say is checked; give the bundle file to check everything", err=True)
     report = check_bundle(cfg, idx, bid, plan)
-    head = {"name": idx.name, "version": idx.version, "sequence": idx.sequence, **info}
+    head = {"name": idx.name, "version": idx.version, "sequence": idx.sequence,
+            **{k: v for k, v in info.items() if k != "steps"}}
     if as_json:
         emit_json({"bundle": head, **report.json()})
     else:
