@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,37 @@ def test_file_server_http(served: AgentProc, agent_site: Site) -> None:
         assert 'hydra_agent_bundles{state="complete"} 1.0' in m
         assert "hydra_agent_http_requests_total" in m
         assert c.get(f"{served.metrics_url}/healthz").json()["ok"] is True
+
+
+def _raw(addr: str, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection and read until the server closes it."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_refused_writes_are_answered_whatever_body_they_carry(served: AgentProc, agent_site: Site) -> None:
+    """A write is answered 405 and the answer reaches the client: a small body is read and dropped (the
+    connection stays usable), a large or chunked one gets ``Connection: close`` and a lingering close, never a
+    reset that destroys the answer."""
+    base = f"http://{served.registry}/v2/{agent_site.site_host}/agent/app"
+    with httpx.Client() as c:
+        for i in range(300):   # one keep-alive connection: each answer is read, the next request reuses it
+            r = c.put(f"{base}/manifests/x{i}", content=b"{}" * (i % 7))
+            assert r.status_code == 405 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
+            assert "connection" not in r.headers
+        assert c.get(f"{base}/tags/list").status_code == 200
+    big = b"x" * (3 << 20)   # over what the agent reads and drops: answered, then closed
+    out = _raw(served.registry, b"PUT /v2/x/blobs/uploads/ HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(big), big[: 1 << 20]))
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 405") and b"connection: close" in head, out[:300]
+    out = _raw(served.files_url.removeprefix("http://"), b"POST /files/tool/tool.bin HTTP/1.1\r\nHost: a\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 405") and b"connection: close" in head, out[:300]
+    assert httpx.get(f"{base}/tags/list").status_code == 200   # the agent serves on

@@ -26,6 +26,9 @@ log = logging.getLogger("hydra_bundle.agent")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 Observer = Callable[[str, str, int, int], None]  # (server, method, status, bytes sent)
+DISCARD_MAX = 1 << 20       # a refused request's body read and dropped; a larger one closes the connection
+LINGER_MAX = 4 << 20        # bytes drained after the answer before a connection closes
+LINGER_SECONDS = 2.0
 
 
 class Server(ThreadingHTTPServer):
@@ -160,6 +163,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "hydra-bundle-agent"
     sent = 0
     status = 0
+    linger = False      # close this connection after the answer, draining what the client still sends
 
     def setup(self) -> None:
         super().setup()
@@ -178,8 +182,25 @@ class Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         try:
             super().finish()
+            if self.linger:
+                self._lingering_close()
         finally:
             self.release()
+
+    def _lingering_close(self) -> None:
+        """Half-close, then read and drop what the client still sends (at most ``LINGER_MAX`` bytes for at most
+        ``LINGER_SECONDS``) so the answer already sent is not reset away."""
+        conn = self.connection
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + LINGER_SECONDS
+            drained = 0
+            while drained < LINGER_MAX and (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     def release(self) -> None:
         """What this connection's thread holds beyond its socket (subclasses: a database connection)."""
@@ -200,6 +221,14 @@ class Handler(BaseHTTPRequestHandler):
         self.srv.observe(self.srv.name, self.command, self.status, self.sent)
         self.sent = 0
 
+    def _closing_header(self) -> None:
+        """Tell the client when this answer is the connection's last, so it does not send the next request into
+        a closing socket."""
+        if self.linger:
+            self.close_connection = True
+        if self.close_connection:
+            self.send_header("Connection", "close")
+
     def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)
@@ -207,6 +236,7 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        self._closing_header()
         self.end_headers()
         if self.command != "HEAD" and body:
             self.wfile.write(body)
@@ -241,6 +271,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
             for k, v in headers.items():
                 self.send_header(k, v)
+            self._closing_header()
             self.end_headers()
             if self.command != "HEAD" and length:
                 try:
@@ -251,10 +282,37 @@ class Handler(BaseHTTPRequestHandler):
         self._observed()
 
     def method_not_allowed(self) -> None:
-        self.close_connection = True  # the request body (if any) is not read
         self.reply(405, b"read-only\n", {"Allow": "GET, HEAD"})
 
+    def discard_body(self) -> None:
+        """Read and drop a refused request's body. Closing a socket with unread bytes in its receive queue sends
+        a TCP reset, which can destroy the answer before the client reads it ("server disconnected without
+        sending a response"). A body of at most ``DISCARD_MAX`` bytes is read (within ``header_timeout`` in all)
+        and the connection stays usable; a larger, chunked or unreadable one is answered with ``Connection:
+        close`` and drained for a moment after the answer (a lingering close), never buffered."""
+        length = self.headers.get("Content-Length", "0").strip()
+        if self.headers.get("Transfer-Encoding") or not (length.isascii() and length.isdigit()) \
+                or int(length) > DISCARD_MAX:
+            self.linger = True
+            return
+        left = int(length)
+        deadline = time.monotonic() + self.srv.header_timeout  # in all: one byte every few seconds is not enough
+        try:
+            while left and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:  # TimeoutError included
+            left = -1
+        finally:
+            self.connection.settimeout(self.srv.header_timeout)
+        if left:
+            self.linger = True   # not all read: the rest is drained after the answer
+
     def do_POST(self) -> None:
+        self.discard_body()
         self.method_not_allowed()
 
     do_PUT = do_PATCH = do_DELETE = do_POST

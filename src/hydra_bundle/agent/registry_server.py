@@ -46,7 +46,6 @@ class RegistryHandler(StoreHandler):
     server_version = "hydra-bundle-registry"
 
     def method_not_allowed(self) -> None:
-        self.close_connection = True
         self.reply_json(405, _err("UNSUPPORTED", "this registry is read-only (hydra-bundle agent)"),
                         {**API, "Allow": "GET, HEAD"})
 
