@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hydra_bundle.cli.main import COMMANDS, load_command
+from hydra_bundle.cli.agent_cmds import AGENT_COMMANDS
+from hydra_bundle.cli.lazy import load_command
+from hydra_bundle.cli.main import COMMANDS
 from tests.support.bundles import keypair, run_cli, write_spec
 
 
@@ -21,16 +23,43 @@ def _imported(*args: str) -> set[str]:
     return {line.rsplit("|", 1)[1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("name", sorted(COMMANDS) + [f"agent {n}" for n in sorted(AGENT_COMMANDS)])
 def test_the_command_table_says_what_each_command_says(name: str) -> None:
-    target, short = COMMANDS[name]
-    assert load_command(target, name).get_short_help_str(limit=10**6) == short
+    group, _, sub = name.rpartition(" ")
+    target, short = (AGENT_COMMANDS if group else COMMANDS)[sub]
+    assert load_command(target, sub).get_short_help_str(limit=10**6) == short
+
+
+def test_every_agent_command_is_in_the_table() -> None:
+    """A command module's click commands all reachable by name (none defined and forgotten)."""
+    import click
+
+    modules = {t.partition(":")[0] for t, _ in AGENT_COMMANDS.values()}
+    found = set()
+    for m in modules:
+        mod = __import__(f"hydra_bundle.cli.{m}", fromlist=["_"])
+        found |= {f"{m}:{k}" for k, v in vars(mod).items() if isinstance(v, click.Command)}
+    assert found == {t for t, _ in AGENT_COMMANDS.values()}
 
 
 def test_help_imports_no_command() -> None:
     mods = _imported("--help")
     assert not {m for m in mods if m.startswith("hydra_bundle.") and m not in (
-        "hydra_bundle.cli.main", "hydra_bundle.cli")} - {"hydra_bundle"}, mods
+        "hydra_bundle.cli.main", "hydra_bundle.cli", "hydra_bundle.cli.lazy")} - {"hydra_bundle"}, mods
+
+
+@pytest.mark.parametrize("args", [["agent", "--help"], *(["agent", n, "--help"] for n in sorted(AGENT_COMMANDS))])
+def test_agent_help_imports_neither_the_config_schema_nor_the_journal(args: list[str]) -> None:
+    """`agent --help` imports no agent command; `agent X --help` imports its command module only: the config
+    schema (pydantic, cryptography), the journal and the apply planner load when the command runs."""
+    mods = _imported(*args)
+    heavy = {m for m in mods if m in ("hydra_bundle.agent.config", "hydra_bundle.agent.journal") or m.startswith((
+                                              "hydra_bundle.apply", "hydra_bundle.spec", "pydantic", "kubernetes",
+                                              "cryptography", "httpx", "rich", "yaml"))}
+    assert heavy == set(), heavy
+    if len(args) == 2:
+        assert not {m for m in mods if m.startswith("hydra_bundle.cli.") and m not in (
+            "hydra_bundle.cli.main", "hydra_bundle.cli.lazy", "hydra_bundle.cli.agent_cmds")}, mods
 
 
 @pytest.mark.parametrize("cmd", ["verify", "inspect"])

@@ -114,6 +114,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_planning_and_status_do_not_import_the_kubernetes_client() -> None:
     code = ("import sys, hydra_bundle.apply.plan, hydra_bundle.agent.status, hydra_bundle.agent.pipeline, "
-            "hydra_bundle.cli.agent_cmds; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))")
+            "hydra_bundle.cli.status_cmds, hydra_bundle.cli.apply_cmds, hydra_bundle.cli.preflight_view; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -3,6 +3,7 @@
 | module | job |
 | --- | --- |
 | ``config``          | ``agent.yaml`` schema (unknown keys and bad values: one error, exit 2) |
+| ``configpath``      | where ``agent.yaml`` is found (apart from the schema: ``--help`` names it without pydantic) |
 | ``journal``         | sqlite state: bundles, their ordered steps, published refs/paths/blobs, history, seen drops |
 | ``steps``           | the step mechanism: a bundle's ordered plan of named steps, run and resumed by the journal |
 | ``store``           | the content store: an OCI image layout under ``state_dir/store``, dedup across bundles |

@@ -27,9 +27,7 @@ from ..apply.site import SiteConfig
 from ..bundle.sign import load_public_key
 from ..errors import SpecError, UsageError
 from ..spec.yamlmodel import load_yaml_model
-
-DEFAULT_CONFIG = "/etc/hydra-bundle/agent.yaml"
-CONFIG_ENV = "HYDRA_BUNDLE_AGENT_CONFIG"
+from .configpath import CONFIG_ENV, DEFAULT_CONFIG
 
 
 class _Strict(BaseModel):

@@ -1,26 +1,38 @@
-"""Helpers shared by the ``agent`` commands: the --config option, the journal, finding a bundle by name."""
+"""Helpers shared by the ``agent`` commands: the --config option, loading the config, the journal, finding a
+bundle by name. Light at import: the config schema (pydantic) and the journal load when a command runs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..agent.config import CONFIG_ENV, DEFAULT_CONFIG, AgentConfig
-from ..agent.db import Database
-from ..agent.journal import BundleRow, Journal
+from ..agent.configpath import CONFIG_ENV, DEFAULT_CONFIG
 from ..errors import UnknownBundle, UsageError
 from ..states import LIFECYCLE_ENDED, BundleState
+
+if TYPE_CHECKING:
+    from ..agent.config import AgentConfig
+    from ..agent.db import Database
+    from ..agent.journal import BundleRow, Journal
 
 config_option = click.option(
     "--config", "-c", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help=f"Agent config [default: ${CONFIG_ENV} or {DEFAULT_CONFIG}].")
 
 
+def load_config(path: Path | None) -> AgentConfig:
+    from ..agent.config import load_config as load
+
+    return load(path)
+
+
 def open_journal(cfg: AgentConfig) -> tuple[Database, Journal]:
     if not cfg.journal_path.exists():
         raise UsageError(f"{cfg.journal_path}: no state yet (has the agent run with this config?)")
+    from ..agent.journal import Journal
     from ..agent.schema import open_database
 
     db = open_database(cfg.journal_path, readonly=not os.access(cfg.journal_path, os.W_OK))

@@ -1,5 +1,5 @@
 """``hydra-bundle agent plan | apply | mirror-config | ca``: what the apply steps will do, re-running them, the
-node registry-mirror snippets and the site CA. Registered on the ``agent`` group by ``agent_cmds``."""
+node registry-mirror snippets and the site CA. Listed in the ``agent`` group's table (``agent_cmds``)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,25 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..agent.config import AgentConfig, load_config
-from ..agent.deploy import NO_SITE_SHORT, PREFIX
-from ..apply.site import SiteConfig
 from ..errors import UsageError
 from ..states import Outcome
-from .agent_common import config_option, find_bundle, open_journal
-from .bundle_source import from_file, from_journal
+from .agent_common import config_option, find_bundle, load_config, open_journal
 from .common import emit_json, handle_errors
+
+if TYPE_CHECKING:
+    from ..agent.config import AgentConfig
+    from ..apply.site import SiteConfig
 
 
 def _site(cfg: AgentConfig, what: str) -> SiteConfig:
     if cfg.site is None:
+        from ..agent.deploy import NO_SITE_SHORT
+
+
         raise UsageError(f"{what}: {NO_SITE_SHORT}; site values are needed (see systemd/agent.example.yaml)")
     return cfg.site
 
@@ -47,8 +50,10 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
     the agent has admitted. Chart steps say what they would do now (install, or upgrade with the values diff),
     read from the cluster (nothing is changed there). With --remove, what `agent remove` would do; with --to,
     what `agent rollback` would do."""
+    from ..agent.deploy import PREFIX
     from ..apply.plan import build_plan
     from ..apply.runtime import Runtime
+    from .bundle_source import from_file, from_journal
 
     cfg = load_config(config_path)
     if removal:
@@ -73,8 +78,8 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
         finally:
             rt.close()
     pre = None
-    if ap.steps:  # the agent's preflight step runs before them (cli/preflight_cmd.py)
-        from .preflight_cmd import plan_entry
+    if ap.steps:  # the agent's preflight step runs before them (cli/preflight_view.py)
+        from .preflight_view import plan_entry
 
         pre = plan_entry(cfg, idx, ap, offline)
         if "steps" in info:
@@ -97,7 +102,7 @@ def plan_cmd(bundle: str, config_path: Path | None, as_json: bool, offline: bool
     click.echo(f"bundle {idx.name} {idx.version} (sequence {idx.sequence}) {bid}, signed by {info['signer']}"
                + (f"; on this site: {info['state']}" if info.get("state") else ""))
     if pre is not None:
-        from .preflight_cmd import plan_text
+        from .preflight_view import plan_text
 
         click.echo(plan_text(pre))
     click.echo(ap.text())
@@ -119,6 +124,7 @@ def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Pat
     with --unfinished only failed and pending ones. Shares the site safely with a running agent. Exit 0 when the
     bundle ends complete, 1 otherwise (pending commands are printed)."""
     from ..agent import log as agent_log
+    from ..agent.deploy import PREFIX
     from ..agent.pipeline import Pipeline
 
     cfg = load_config(config_path)

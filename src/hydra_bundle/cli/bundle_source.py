@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..agent.config import AgentConfig
 from ..bundle.index import BundleIndex
 from ..errors import UsageError
 from ..oci.layout import blob_path
 from .agent_common import find_bundle, open_journal
+
+if TYPE_CHECKING:
+    from ..agent.config import AgentConfig
 
 
 def store_reader(cfg: AgentConfig) -> Callable[[str], bytes | None]:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..agent.config import load_config
 from ..errors import HydraError, UsageError
-from .agent_common import config_option
+from .agent_common import config_option, load_config
 from .common import emit_json, handle_errors
 
 

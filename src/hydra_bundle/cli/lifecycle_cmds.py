@@ -1,19 +1,21 @@
 """``hydra-bundle agent remove | rollback`` and the previews ``agent plan --remove NAME`` / ``agent plan NAME --to
-VERSION``. Registered on the ``agent`` group by ``agent_cmds``."""
+VERSION``. Listed in the ``agent`` group's table (``agent_cmds``)."""
 
 from __future__ import annotations
 
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..agent.config import AgentConfig, load_config
 from ..states import Outcome
-from .agent_common import config_option, open_journal
+from .agent_common import config_option, load_config, open_journal
 from .common import emit_json, handle_errors
+
+if TYPE_CHECKING:
+    from ..agent.config import AgentConfig
 
 
 def _pipeline(cfg: AgentConfig) -> Any:

@@ -5,16 +5,15 @@ for importing the kubernetes client and the agent, which roughly halves their st
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
 from .. import __version__
+from .lazy import LazyGroup, Table
 
 # name → ("module:attribute", the short help `--help` lists), in the order `--help` lists them. The short help
 # is written here so that listing the commands imports none of them (tests/test_cli_startup.py keeps it equal to
 # each command's own).
-COMMANDS = {
+COMMANDS: Table = {
     "keygen": ("bundle_cmds:keygen_cmd", "Create an ECDSA P-256 key pair: PREFIX.key (PEM PKCS#8) and PREFIX.pub."),
     "lint": ("lint_cmd:lint_cmd",
              "Check SPEC offline: schema, pins, manifests, site variables, and that every image is listed."),
@@ -34,42 +33,7 @@ COMMANDS = {
 }
 
 
-def load_command(target: str, name: str) -> click.Command:
-    module, _, attr = target.partition(":")
-    cmd = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
-    assert isinstance(cmd, click.Command) and cmd.name == name, target
-    return cmd
-
-
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        entry = COMMANDS.get(cmd_name)
-        return load_command(entry[0], cmd_name) if entry else None
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The command list from the table above: `--help` imports no command module."""
-        with formatter.section("Commands"):
-            names = self.list_commands(ctx)
-            limit = formatter.width - 6 - max(map(len, names))
-            formatter.write_dl([(name, _shorten(COMMANDS[name][1], limit)) for name in names])
-
-
-def _shorten(text: str, limit: int) -> str:
-    """Like click: whole words up to ``limit`` characters, then "..."."""
-    if len(text) <= limit:
-        return text
-    out = ""
-    for word in text.split():
-        if len(out) + len(word) + 4 > limit:
-            break
-        out = f"{out} {word}" if out else word
-    return out + "..."
-
-
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, table=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hydra-bundle")
 def cli() -> None:
     """Signed, streaming bundles for air-gapped Kubernetes sites."""
