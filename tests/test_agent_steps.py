@@ -23,7 +23,7 @@ from hydra_bundle.agent.status import bundle_status
 from hydra_bundle.agent.store import Store
 from hydra_bundle.apply.step import ProgressEvent, StepResult
 from hydra_bundle.bundle.sign import keygen
-from hydra_bundle.errors import Cancelled, HydraError
+from hydra_bundle.errors import Cancelled, HydraError, PipelineBusy
 from tests.support.applyindex import synthetic_index
 
 DEPLOY = {"steps": [
@@ -292,3 +292,9 @@ def test_status_never_shows_running_for_a_bundle_no_pipeline_runs(env: dict[str,
         assert st[b]["steps"][0]["state"] == "running"
     st = {s["id"]: s for s in bundle_status(j)}
     assert st[b]["state"] == "interrupted"
+    with lock.held(task="gc"):  # agent gc holds the pipeline: it runs no bundle, so every running row is stale
+        st = {s["id"]: s for s in bundle_status(j)}
+        assert (st[a]["state"], st[b]["state"]) == ("interrupted", "interrupted")
+        other = PipelineLock(lock.path.parent)
+        with pytest.raises(PipelineBusy, match=r"agent gc \(pid \d+\)"), other.held(wait=False):
+            pass

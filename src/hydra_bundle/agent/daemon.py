@@ -113,7 +113,7 @@ class Agent:
         assert self.config.retention is not None
         p = self.pipeline
         try:
-            with p.locked():
+            with p.locked(task="gc"):
                 rep = gc.collect(p.journal, p.published, p.store, self.config.retention.keep)
         except (HydraError, OSError, sqlite3.Error) as e:
             log.warning("gc after the run failed", extra={"kv": {"error": str(e)}})
@@ -247,9 +247,10 @@ class Agent:
                 self.busy = self.activity = None
 
     def _run_elsewhere(self, bundle_id: str) -> bool:
-        """Is another process (``agent ingest``/``apply``) running this bundle now (or one it cannot name)?"""
-        with PipelineLock.probe(self.config.state_dir) as (busy, owner):
-            return busy and owner in (None, bundle_id)
+        """Is another process (``agent ingest``/``apply``) running this bundle now (or one it cannot name), or
+        holding the pipeline for a task of its own (``agent gc``)? Then it is not resumed now but later."""
+        with PipelineLock.probe(self.config.state_dir) as h:
+            return h.busy and (h.task is not None or h.bundle in (None, bundle_id))
 
     def _loop(self) -> None:
         next_scan = 0.0

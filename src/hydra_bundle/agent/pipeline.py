@@ -113,8 +113,8 @@ class Pipeline:
         self.status = status or (lambda _s: None)
         self.daemon = daemon     # the agent daemon: steps may restart it (a kit upgrade)
 
-    def locked(self) -> contextlib.AbstractContextManager[None]:
-        return self.lock.held()
+    def locked(self, task: str | None = None) -> contextlib.AbstractContextManager[None]:
+        return self.lock.held(task=task)
 
     def _journal_failed(self, e: sqlite3.Error, bid: str | None = None) -> Result:
         """A journal write outside the steps failed (admission, drop records): a result, not an exception."""

@@ -25,12 +25,13 @@ def missing_parts(count: int, have: Iterable[int]) -> list[int]:
 
 def bundle_status(j: Journal) -> list[dict[str, Any]]:
     """Every bundle the journal knows, as ``agent status --json`` prints it."""
-    with PipelineLock.probe(j.db.path.parent) as (busy, owner):
+    with PipelineLock.probe(j.db.path.parent) as holder:
         rows = j.bundles()
         steps = {b.id: [s.json() for s in j.steps(b.id)] for b in rows}
     stale = [b for b in rows if b.state == BundleState.RUNNING]
-    if busy and stale:  # the holder's bundle is live (one that could not say which: the latest one)
-        live = owner or max(stale, key=lambda b: b.updated_at or 0).id
+    if holder.busy and holder.task is None and stale:
+        # the holder's bundle is live (one that could not say which: the latest one); gc runs none of them
+        live = holder.bundle or max(stale, key=lambda b: b.updated_at or 0).id
         stale = [b for b in stale if b.id != live]
     notes = j.fallback.read() if stale else {}
     shown = {b.id: _unowned(b, steps[b.id], notes.get(b.id)) for b in stale}

@@ -39,7 +39,7 @@ def gc_cmd(config_path: Path | None, keep: int | None, dry_run: bool, as_json: b
     j = Journal(db)
     store = Store(cfg.store_dir)
     try:
-        with PipelineLock(cfg.state_dir).held():
+        with PipelineLock(cfg.state_dir).held(task="gc"):
             rep = gc.collect(j, Published(db), store, keep, dry_run=dry_run)
     except sqlite3.Error as e:  # e.g. the disk is full: nothing was deleted unless the journal committed first
         raise HydraError(f"gc: the journal could not be written: {e}") from None
