@@ -50,6 +50,12 @@ def write_cfg(tmp_path: Path, pub: Path, text: str) -> Path:
     ("limits: {max_bundle_byte: 5}\n", 4, "limits.max_bundle_byte: unknown field"),
     ("push: {registry: 'h:5000', credentials_file: /nonexistent/auth.json}\n", 4,
      "push.credentials_file: .*does not exist"),
+    ("site:\n  cluster_name: c\n  domain: d\n  registry: 10.0.0.5:5000\n  file_server: http://10.0.0.5:81\n"
+     "  registry_mirrors: [10.0.0.5:5000, 'ftp://10.0.0.6:5000']\n", 9,
+     "site.registry_mirrors: .*'ftp://10.0.0.6:5000': the scheme must be http or https"),
+    ("site:\n  cluster_name: c\n  domain: d\n  registry: 10.0.0.5:5000\n  file_server: http://10.0.0.5:81\n"
+     "  registry_mirrors: [10.0.0.5:5000, 'http://10.0.0.5:5000/']\n", 9,
+     "site.registry_mirrors: .*is given twice"),
 ])
 def test_config_errors_exit_2(tmp_path: Path, pub: Path, extra: str, line: int, message: str) -> None:
     cfg = write_cfg(tmp_path, pub, extra)

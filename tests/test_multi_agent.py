@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import ssl
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,6 +148,17 @@ def test_mirror_config_lists_several_endpoints_in_order(pair: Pair) -> None:
     res = pair.a.cli("mirror-config", "--endpoint", pair.b.registry, "--endpoint", f"http://{pair.b.registry}/",
                      check=False)
     assert res.returncode == 2 and "given twice" in res.stderr
+    # the same list from the config (site.registry_mirrors); --endpoint overrides it
+    cfg = yaml.safe_load(pair.a.config.read_text())
+    cfg["site"]["registry_mirrors"] = [pair.b.registry, pair.a.registry]
+    listed = pair.a.root / "mirrors.yaml"
+    listed.write_text(yaml.safe_dump(cfg))
+    def from_config(*args: str) -> dict:
+        res = subprocess.run([*pair.a.cmd, "agent", "mirror-config", "--json", *args, "--config", str(listed)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+    assert from_config()["files"] == got["files"]
+    assert from_config("--endpoint", pair.a.registry)["files"] == single["files"]
 
 
 def _served(agent: AgentProc) -> float:

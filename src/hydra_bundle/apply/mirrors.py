@@ -135,10 +135,10 @@ def site_mirror_files(image_refs: Iterable[str], site_registry: str, scheme: str
     return out
 
 
-def parse_endpoints(values: Sequence[str], default_scheme: str) -> list[Endpoint]:
-    """``--endpoint`` values (``[SCHEME://]HOST[:PORT][/PREFIX]``, in the order to try them) → endpoints; a
-    value without a scheme takes ``default_scheme`` (``site.registry_scheme``). Bad or repeated values are
-    a :class:`UsageError`."""
+def parse_endpoints(values: Sequence[str], default_scheme: str, what: str = "--endpoint") -> list[Endpoint]:
+    """``--endpoint`` (or ``site.registry_mirrors``: ``what``) values (``[SCHEME://]HOST[:PORT][/PREFIX]``, in the
+    order to try them) → endpoints; a value without a scheme takes ``default_scheme`` (``site.registry_scheme``).
+    Bad or repeated values are a :class:`UsageError`."""
     out: list[Endpoint] = []
     for raw in values:
         v = raw.strip()
@@ -147,15 +147,15 @@ def parse_endpoints(values: Sequence[str], default_scheme: str) -> list[Endpoint
         if m:
             scheme = m.group(1).lower()
             if scheme not in ("http", "https"):
-                raise UsageError(f"--endpoint {raw!r}: the scheme must be http or https")
+                raise UsageError(f"{what} {raw!r}: the scheme must be http or https")
             v = v[m.end():]
         v = v.rstrip("/")
         host = v.partition("/")[0]
         if not host or any(c.isspace() for c in v) or "?" in v or "#" in v or "@" in host \
                 or not _HOST.match(host):
-            raise UsageError(f"--endpoint {raw!r}: expected [http(s)://]HOST[:PORT][/PREFIX], e.g. 10.0.0.6:5000")
+            raise UsageError(f"{what} {raw!r}: expected [http(s)://]HOST[:PORT][/PREFIX], e.g. 10.0.0.6:5000")
         e = Endpoint(v, scheme)
         if any(o.registry == e.registry for o in out):
-            raise UsageError(f"--endpoint {raw!r} is given twice")
+            raise UsageError(f"{what} {raw!r} is given twice")
         out.append(e)
     return out

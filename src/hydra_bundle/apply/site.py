@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from ..errors import ApplyError
+from ..errors import ApplyError, UsageError
 from ..k8s.manifests import site_variables
 from ..spec.deploy import dns_name, parse_duration
+from .mirrors import parse_endpoints
 
 
 class _Strict(BaseModel):
@@ -138,6 +139,10 @@ class SiteConfig(_Strict):
     registry: str = Field(description="site registry HOST[:PORT][/PREFIX] as nodes reach it")
     registry_scheme: Literal["http", "https"] = "http"
     registry_skip_verify: bool = Field(False, description="https with a certificate nodes do not trust")
+    registry_mirrors: list[str] = Field(
+        [], description="every registry serving the same bundles (each agent of the site), [http(s)://]HOST[:PORT]"
+                        "[/PREFIX], in the order nodes try them; `agent mirror-config` lists them (its --endpoint "
+                        "overrides); default: registry alone")
     registry_auth: RegistryAuth | None = Field(None, description="pull credentials: workloads the manifests steps "
                                                "rewrite get a pull Secret (hydra-bundle-registry) in their namespace")
     file_server: str = Field(description="agent file server base URL as pods reach it, e.g. http://10.0.0.5:81")
@@ -192,6 +197,15 @@ class SiteConfig(_Strict):
     @classmethod
     def _registry(cls, v: str) -> str:
         return _registry_host(v)
+
+    @field_validator("registry_mirrors")
+    @classmethod
+    def _mirrors(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        try:
+            parse_endpoints(v, info.data.get("registry_scheme", "http"), "registry_mirrors:")
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+        return v
 
     @field_validator("file_server")
     @classmethod

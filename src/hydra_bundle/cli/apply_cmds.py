@@ -156,7 +156,8 @@ def apply_cmd(name: str, version: str | None, unfinished: bool, config_path: Pat
               help="Write the files under DIR (DIR/etc/containerd/certs.d/…) instead of printing them.")
 @click.option("--endpoint", "endpoints", multiple=True, metavar="[http(s)://]HOST[:PORT][/PREFIX]",
               help="A registry serving the same bundles (each agent of the site): repeat it, in the order nodes "
-                   "try them; the upstream registry comes last. Default: site.registry alone.")
+                   "try them; the upstream registry comes last. Default: site.registry_mirrors of the config, "
+                   "or site.registry alone.")
 @handle_errors
 def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_dir: Path | None,
                       endpoints: tuple[str, ...] = ()) -> None:
@@ -169,7 +170,8 @@ def mirror_config_cmd(config_path: Path | None, fmt: str, as_json: bool, output_
 
     cfg = load_config(config_path)
     site = _site(cfg, "agent mirror-config")
-    chosen = parse_endpoints(endpoints or [site.registry], site.registry_scheme)
+    chosen = parse_endpoints(endpoints or site.registry_mirrors or [site.registry], site.registry_scheme,
+                             "--endpoint" if endpoints else "site.registry_mirrors:")
     db, _ = open_journal(cfg)
     refs = Published(db).image_refs()
     if not refs:
