@@ -163,7 +163,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "hydra-bundle-agent"
     sent = 0
     status = 0
-    linger = False      # close this connection after the answer, draining what the client still sends
+    linger = False      # after the answer (the last: close_connection), drain what the client still sends
 
     def setup(self) -> None:
         super().setup()
@@ -224,8 +224,6 @@ class Handler(BaseHTTPRequestHandler):
     def _closing_header(self) -> None:
         """Tell the client when this answer is the connection's last, so it does not send the next request into
         a closing socket."""
-        if self.linger:
-            self.close_connection = True
         if self.close_connection:
             self.send_header("Connection", "close")
 
@@ -293,7 +291,7 @@ class Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length", "0").strip()
         if self.headers.get("Transfer-Encoding") or not (length.isascii() and length.isdigit()) \
                 or int(length) > DISCARD_MAX:
-            self.linger = True
+            self.linger = self.close_connection = True
             return
         left = int(length)
         deadline = time.monotonic() + self.srv.header_timeout  # in all: one byte every few seconds is not enough
@@ -309,7 +307,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             self.connection.settimeout(self.srv.header_timeout)
         if left:
-            self.linger = True   # not all read: the rest is drained after the answer
+            self.linger = self.close_connection = True   # not all read: the rest is drained after the answer
 
     def do_POST(self) -> None:
         self.discard_body()

@@ -30,12 +30,13 @@ def padded_json(data: bytes) -> Any:
 
 @dataclass(frozen=True)
 class Holder:
-    """What :meth:`PipelineLock.probe` found: whether a run holds the lock, the bundle it runs now (None:
-    unknown, or none) and the task it declared when it is not a bundle's run (``gc``)."""
+    """What the lock file says: whether a run holds the lock, the bundle it runs now (None: unknown, or none),
+    the task it declared when it is not a bundle's run (``gc``) and its pid."""
 
     busy: bool
     bundle: str | None = None
     task: str | None = None
+    pid: int | None = None
 
 
 class PipelineLock:
@@ -54,15 +55,9 @@ class PipelineLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
-                try:
-                    who = padded_json(os.pread(fd, _OWNER_BYTES, 0)) or {}
-                except (OSError, ValueError):
-                    who = {}
-                what = "a run"
-                if isinstance(who, dict) and who.get("bundle"):
-                    what = f"bundle {str(who['bundle'])[:19]} (pid {who.get('pid')})"
-                elif isinstance(who, dict) and who.get("task"):
-                    what = f"agent {str(who['task'])[:20]} (pid {who.get('pid')})"
+                h = _holder(fd)
+                what = (f"bundle {h.bundle[:19]} (pid {h.pid})" if h.bundle else
+                        f"agent {h.task[:20]} (pid {h.pid})" if h.task else "a run")
                 raise PipelineBusy(f"another run holds {self.path} ({what}); try again once it ends "
                                    f"(`hydra-bundle agent status` shows it)") from None
             self._fd, self._task = fd, task
@@ -118,5 +113,6 @@ def _holder(fd: int) -> Holder:
         rec = {}
     if not isinstance(rec, dict):
         return Holder(True)
-    bundle, task = rec.get("bundle"), rec.get("task")
-    return Holder(True, bundle if isinstance(bundle, str) else None, task if isinstance(task, str) else None)
+    bundle, task, pid = rec.get("bundle"), rec.get("task"), rec.get("pid")
+    return Holder(True, bundle if isinstance(bundle, str) else None, task if isinstance(task, str) else None,
+                  pid if isinstance(pid, int) else None)

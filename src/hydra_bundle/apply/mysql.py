@@ -152,7 +152,6 @@ def seed(m: MySQLSite, s: SqlSeed, deadline: Deadline, rt: Runtime,
         raise ApplyError(f"sql: {m.safe_dsn}: MySQL error {code}: {_msg(e)}{hint}") from None
 
 
-
 def in_transaction(m: MySQLSite, database: str | None, body: Callable[[Any], T], deadline: Deadline,
                    sleep: Callable[[float], None], on_retry: Callable[[str], None]) -> T:
     """``body(cursor)`` in one transaction on a fresh connection: committed when it returns, rolled back when it
@@ -184,6 +183,7 @@ def in_transaction(m: MySQLSite, database: str | None, body: Callable[[Any], T],
 
     return retry.call(attempt, transient=_is_transient, deadline=deadline, sleep=sleep, on_retry=retrying,
                       give_up=give_up)
+
 
 def _msg(e: BaseException) -> str:
     if isinstance(e, pymysql.err.MySQLError) and len(e.args) >= 2:
